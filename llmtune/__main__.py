@@ -1,0 +1,6 @@
+"""`python -m llmtune ...` and `accelerate launch -m llmtune ...`."""
+
+from llmtune.cli import run
+
+if __name__ == "__main__":
+    run()

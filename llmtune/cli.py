@@ -1,0 +1,247 @@
+"""The `llmtune` command line: a thin dispatch table. Each command parses, loads the recipe, calls one function."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from llmtune.errors import LlmtuneError
+
+app = typer.Typer(
+    help="Fine-tune and evaluate Hugging Face models from a YAML recipe.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+recipes_app = typer.Typer(help="List, show and copy the built-in recipes.", invoke_without_command=True)
+app.add_typer(recipes_app, name="recipes")
+
+console = Console()
+err_console = Console(stderr=True)
+DEBUG = {"on": False}
+
+Overrides = Annotated[list[str] | None, typer.Argument(help="section.key=value overrides, e.g. train.learning_rate=3e-5")]
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if DEBUG["on"]:
+        return
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    for name in ("transformers", "datasets", "accelerate", "peft", "torch"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        import datasets
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+        datasets.utils.logging.set_verbosity_error()
+        datasets.disable_progress_bars()
+    except ImportError:
+        pass
+
+
+def handle_errors(fn: Any) -> Any:
+    """User errors become one red line and exit code 2; --debug shows the traceback instead."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            _quiet_libraries()
+            return fn(*args, **kwargs)
+        except LlmtuneError as e:
+            if DEBUG["on"]:
+                raise
+            from llmtune.train import Interrupted
+
+            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(130 if isinstance(e, Interrupted) else 2) from None
+        except KeyboardInterrupt:
+            err_console.print("[bold red]interrupted[/]")
+            raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except Exception as e:
+            if DEBUG["on"]:
+                raise
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            err_console.print(f"[bold red]internal error:[/] {type(e).__name__}: {first} "
+                              "(run with --debug for the traceback)", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+@app.callback()
+def main(debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks and library logs.")] = False) -> None:
+    DEBUG["on"] = debug
+
+
+def _load(recipe: str, overrides: list[str] | None) -> Any:
+    from llmtune.recipe import find_recipe, load_recipe
+
+    return load_recipe(find_recipe(recipe), overrides or [])
+
+
+@app.command()
+@handle_errors
+def finetune(
+    recipe: Annotated[str, typer.Argument(help="Recipe file, or the name of a built-in recipe (llmtune recipes).")],
+    overrides: Overrides = None,
+    num_processes: Annotated[int, typer.Option("--num-processes", help="Launch N processes with accelerate.")] = 1,
+) -> None:
+    """Train a model from a recipe, evaluate during and after training, and write the run folder."""
+    if num_processes > 1 and "LOCAL_RANK" not in os.environ:
+        from llmtune.launch import launch
+
+        raise typer.Exit(launch(["finetune", recipe, *(overrides or [])], num_processes, debug=DEBUG["on"]))
+    r = _load(recipe, overrides)
+    from llmtune.train import finetune as run
+
+    results = run(r, console=console)
+    if "LOCAL_RANK" not in os.environ or os.environ.get("LOCAL_RANK") == "0":
+        _print_results(results, title=f"{r.task} — {r.train.output_dir}")
+        console.print(f"run folder: [bold]{r.train.output_dir}[/]")
+
+
+def _print_results(results: dict[str, Any], title: str) -> None:
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in results.items():
+        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    console.print(table)
+
+
+@app.command()
+@handle_errors
+def validate(
+    recipe: Annotated[str, typer.Argument(help="Recipe file or built-in recipe name.")],
+    overrides: Overrides = None,
+) -> None:
+    """Check a recipe and its data columns without training; print the resolved recipe."""
+    r = _load(recipe, overrides)
+    from llmtune.validate import check_data
+
+    summary = check_data(r)
+    from rich.syntax import Syntax
+
+    console.print(Syntax(r.to_yaml(), "yaml", theme="ansi_dark", background_color="default"))
+    for line in summary:
+        console.print(f"[green]ok[/] {line}")
+
+
+@recipes_app.callback()
+def recipes_list(ctx: typer.Context) -> None:
+    """List the built-in recipes with one-line descriptions."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from llmtune.recipe import builtin_recipes, describe_recipe
+
+    table = Table(title="built-in recipes (llmtune recipes show NAME / copy NAME DEST)")
+    table.add_column("name")
+    table.add_column("description")
+    for path in builtin_recipes():
+        table.add_row(path.stem, describe_recipe(path))
+    console.print(table)
+
+
+@recipes_app.command("show")
+@handle_errors
+def recipes_show(name: Annotated[str, typer.Argument(help="Built-in recipe name.")]) -> None:
+    """Print a built-in recipe."""
+    from llmtune.recipe import builtin_recipe
+
+    sys.stdout.write(builtin_recipe(name).read_text(encoding="utf-8"))
+
+
+@recipes_app.command("copy")
+@handle_errors
+def recipes_copy(
+    name: Annotated[str, typer.Argument(help="Built-in recipe name.")],
+    dest: Annotated[Path, typer.Argument(help="Destination file or folder.")],
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+) -> None:
+    """Copy a built-in recipe to edit it."""
+    from llmtune.recipe import builtin_recipe
+
+    src = builtin_recipe(name)
+    target = dest / src.name if dest.is_dir() else dest
+    if target.exists() and not force:
+        raise LlmtuneError(f"{target}: already exists; use --force to overwrite it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(src.read_text(encoding="utf-8"), encoding="utf-8")
+    console.print(f"copied {name} to {target}")
+
+
+@app.command()
+@handle_errors
+def predict(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run folder (or a model folder).")],
+    input: Annotated[Path, typer.Option("--input", "-i", help="Texts: .txt (one per line), .jsonl, .json, .csv, .tsv")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write JSONL here instead of stdout.")] = None,
+    field: Annotated[str | None, typer.Option("--field", help="Text field/column of the input file.")] = None,
+    pair_field: Annotated[str | None, typer.Option("--pair-field", help="Second text field for sentence pairs.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
+    overrides: Annotated[list[str] | None, typer.Option("--set", help="generation.key=value, repeatable")] = None,
+) -> None:
+    """Predict labels (with probabilities) or generate outputs for new inputs with a trained run."""
+    from llmtune.inference import predict_file
+
+    rows = predict_file(run_dir, input, field=field, pair_field=pair_field, batch_size=batch_size,
+                        overrides=overrides or [])
+    import json
+
+    lines = [json.dumps(r, ensure_ascii=False) for r in rows]
+    if output:
+        output.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        console.print(f"wrote {len(rows)} predictions to {output}")
+    else:
+        sys.stdout.write("\n".join(lines) + "\n")
+
+
+@app.command()
+@handle_errors
+def env() -> None:
+    """Versions of Python, torch, transformers, peft, accelerate, datasets, and the device."""
+    from llmtune.runs import git_hash, versions
+
+    table = Table(title="llmtune environment")
+    table.add_column("")
+    table.add_column("")
+    for k, v in versions().items():
+        table.add_row(k, v)
+    import torch
+
+    if torch.cuda.is_available():
+        device = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+    else:
+        device = f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+    table.add_row("device", device)
+    table.add_row("bf16 on this device", str(torch.cuda.is_bf16_supported() if torch.cuda.is_available()
+                                              else _cpu_bf16()))
+    table.add_row("git", str(git_hash()))
+    console.print(table)
+
+
+def _cpu_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+        return "avx512_bf16" in flags or "amx_bf16" in flags
+    except OSError:
+        return False
+
+
+def run() -> None:
+    app()

@@ -1,0 +1,83 @@
+"""Batched generation shared by every task: decoding settings, length-sorted batches, exact sharding."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llmtune.recipe import GenerationArgs
+
+
+def generation_kwargs(g: GenerationArgs, tokenizer: Any) -> dict[str, Any]:
+    """`model.generate` keyword arguments for greedy, beam, top-k, top-p and temperature decoding."""
+    kw: dict[str, Any] = {
+        "max_new_tokens": g.max_new_tokens,
+        "num_beams": g.num_beams,
+        "do_sample": g.do_sample,
+        "length_penalty": g.length_penalty,
+        "repetition_penalty": g.repetition_penalty,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    if g.no_repeat_ngram_size:
+        kw["no_repeat_ngram_size"] = g.no_repeat_ngram_size
+    if g.do_sample:
+        kw.update(temperature=g.temperature, top_k=g.top_k, top_p=g.top_p)
+    else:
+        # greedy/beam: unset the sampling knobs so a model's generation_config cannot turn sampling on
+        kw.update(temperature=None, top_k=None, top_p=None)
+    return kw
+
+
+def generate_texts(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    g: GenerationArgs,
+    batch_size: int = 16,
+    max_input_length: int = 512,
+    decoder_only: bool = False,
+    accelerator: Any = None,
+    add_special_tokens: bool = True,
+) -> list[str]:
+    """Generate one text per prompt, in the prompts' order.
+
+    Prompts are sorted longest first so each batch pads little (and the biggest batch comes first, so an
+    out-of-memory shows at once). With several processes each takes every n-th batch and the results are
+    gathered as objects, so every prompt is generated exactly once.
+    """
+    import torch
+
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
+    kwargs = generation_kwargs(g, tokenizer)
+    if g.seed is not None:
+        torch.manual_seed(g.seed)
+    old_side = tokenizer.padding_side
+    if decoder_only:
+        tokenizer.padding_side = "left"  # new tokens must follow the prompt directly
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    mine: list[tuple[int, str]] = []
+    try:
+        with torch.no_grad():
+            for b in batches[rank::world]:
+                enc = tokenizer([prompts[i] for i in b], return_tensors="pt", padding=True, truncation=True,
+                                max_length=max_input_length, add_special_tokens=add_special_tokens).to(device)
+                out = model.generate(**enc, **kwargs)
+                if decoder_only:
+                    out = out[:, enc["input_ids"].shape[1]:]
+                texts = tokenizer.batch_decode(out, skip_special_tokens=True)
+                mine.extend(zip(b, (t.strip() for t in texts), strict=True))
+    finally:
+        tokenizer.padding_side = old_side
+        if was_training:
+            model.train()
+    if world > 1:
+        from accelerate.utils import gather_object
+
+        mine = gather_object(mine)
+    result = [""] * len(prompts)
+    for i, text in mine:
+        result[i] = text
+    return result

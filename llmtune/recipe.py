@@ -1,0 +1,447 @@
+"""The typed recipe: sections task/model/data/train/lora/generation/eval, loading and overrides.
+
+Precedence is defaults < recipe file < `section.key=value` overrides. Everything below the CLI takes
+these dataclasses, never a dict, and every unknown key is an error that names the closest valid one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+
+from llmtune.errors import LlmtuneError
+
+TASKS = ("classification", "summarization", "translation", "causal_lm")
+Task = Literal["classification", "summarization", "translation", "causal_lm"]
+
+
+@dataclass
+class ModelArgs:
+    name: str | None = None
+    revision: str | None = None
+    trust_remote_code: bool = False
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    gguf_file: str | None = None
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] | None = None
+
+
+@dataclass
+class DataArgs:
+    # hub datasets (or `llmtune:NAME` for a dataset bundled with llmtune)
+    dataset: str | None = None
+    config: str | None = None
+    train_split: str = "train"
+    eval_split: str | None = None
+    test_split: str | None = None
+    # local files: csv, tsv, json, jsonl, parquet, txt (one example per line; .gz allowed)
+    train_file: str | None = None
+    eval_file: str | None = None
+    test_file: str | None = None
+    val_size: float = 0.1
+    # classification
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    label_column: str = "label"
+    label_names: list[str] | None = None
+    # seq2seq
+    source_column: str | None = None
+    target_column: str | None = None
+    source_prefix: str | None = None
+    source_lang: str | None = None
+    target_lang: str | None = None
+    # causal_lm
+    format: Literal["text", "instruction", "chat"] = "instruction"
+    prompt_column: str = "instruction"
+    input_column: str | None = "input"
+    completion_column: str = "output"
+    messages_column: str = "messages"
+    template: str | None = None
+    train_on_prompt: bool = False
+    packing: bool = False
+    # subsampling (first N rows, so runs are comparable)
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    max_test_samples: int | None = None
+
+
+@dataclass
+class TrainArgs:
+    output_dir: str | None = None
+    num_train_epochs: float = 3.0
+    max_steps: int = -1
+    per_device_train_batch_size: int = 8
+    per_device_eval_batch_size: int = 32
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 5e-5
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    warmup_ratio: float = 0.0
+    warmup_steps: int = 0
+    lr_scheduler_type: Literal[
+        "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"
+    ] = "linear"
+    max_seq_length: int = 128
+    max_source_length: int = 512
+    max_target_length: int = 128
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    gradient_checkpointing: bool = False
+    group_by_length: bool = True
+    seed: int = 42
+    logging_steps: int = 10
+    eval_steps: int | None = None
+    save_steps: int | None = None
+    save_total_limit: int | None = 2
+    metric_for_best_model: str | None = None
+    load_best_model_at_end: bool = False
+    report_to: Literal["none", "tensorboard", "mlflow"] = "none"
+    overwrite_output_dir: bool = False
+    resume_from_checkpoint: str | bool = "auto"
+    skip_nonfinite: bool = False
+    dataloader_num_workers: int = 0
+
+
+@dataclass
+class LoraArgs:
+    enabled: bool | None = None
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] | str = "all-linear"
+    bias: Literal["none", "all", "lora_only"] = "none"
+    modules_to_save: list[str] | None = None
+    load_in_4bit: bool = False
+
+
+@dataclass
+class GenerationArgs:
+    max_new_tokens: int = 64
+    num_beams: int = 1
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 50
+    top_p: float = 1.0
+    length_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+
+
+@dataclass
+class EvalArgs:
+    generate: bool | None = None
+    metrics: list[str] | None = None
+    bootstrap: int = 1000
+
+
+@dataclass
+class Recipe:
+    task: Task = "classification"
+    description: str | None = None
+    model: ModelArgs = field(default_factory=ModelArgs)
+    data: DataArgs = field(default_factory=DataArgs)
+    train: TrainArgs = field(default_factory=TrainArgs)
+    lora: LoraArgs = field(default_factory=LoraArgs)
+    generation: GenerationArgs = field(default_factory=GenerationArgs)
+    eval: EvalArgs = field(default_factory=EvalArgs)
+    # where it came from, for messages; not a recipe key
+    source: str = field(default="<recipe>", repr=False, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.pop("source")
+        return d
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+    def fingerprint(self, *sections: str) -> str:
+        d = self.to_dict()
+        payload = {s: d[s] for s in sections} if sections else d
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    @property
+    def lora_enabled(self) -> bool:
+        if self.lora.enabled is None:
+            return self.task == "causal_lm"
+        return self.lora.enabled
+
+    @property
+    def generate_in_eval(self) -> bool:
+        if self.eval.generate is None:
+            return self.task in ("summarization", "translation")
+        return self.eval.generate
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelArgs,
+    "data": DataArgs,
+    "train": TrainArgs,
+    "lora": LoraArgs,
+    "generation": GenerationArgs,
+    "eval": EvalArgs,
+}
+TOP_LEVEL = ("task", "description", *SECTIONS)
+
+
+def _closest(key: str, options: typing.Iterable[str]) -> str:
+    match = difflib.get_close_matches(key, list(options), n=1, cutoff=0.5)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in get_args(tp) if a is not type(None))
+    if origin is list:
+        return "a list of " + _type_name(get_args(tp)[0]) + "s"
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check `value` against the annotation `tp`; convert only the safe cases (int -> float, scalar -> list)."""
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        # try the narrow types first so `str | bool` keeps a bool a bool
+        for arg in sorted((a for a in args if a is not type(None)), key=lambda a: a is str):
+            try:
+                return _coerce(value, arg, where)
+            except LlmtuneError:
+                continue
+        raise LlmtuneError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value in get_args(tp):
+            return value
+        raise LlmtuneError(f"{where}: expected {_type_name(tp)}, got {value!r}{_closest(str(value), map(str, get_args(tp)))}")
+    if origin is list:
+        (item_tp,) = get_args(tp)
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool) and item_tp is str:
+            raise LlmtuneError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+        if not isinstance(value, list):
+            raise LlmtuneError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+        return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise LlmtuneError(f"{where}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise LlmtuneError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            # YAML 1.1 reads `3e-5` (no dot) as a string; users write it that way all the time
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise LlmtuneError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise LlmtuneError(f"{where}: expected a string, got {value!r}")
+    raise TypeError(f"unsupported annotation {tp!r}")  # a bug in the schema, not user input
+
+
+def _build_section(cls: type, raw: Any, where: str) -> Any:
+    if raw is None:
+        return cls()
+    if not isinstance(raw, dict):
+        raise LlmtuneError(f"{where}: expected a mapping of keys, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in names:
+            raise LlmtuneError(f"{where}.{key}: unknown key{_closest(str(key), names)}")
+        kwargs[key] = _coerce(value, hints[key], f"{where}.{key}")
+    return cls(**kwargs)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise LlmtuneError(f"override '{text}': expected section.key=value (e.g. train.learning_rate=3e-5)")
+    key, _, raw = text.partition("=")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for text in overrides:
+        path, value = parse_override(text)
+        if len(path) == 1:
+            if path[0] in SECTIONS:
+                raise LlmtuneError(f"override '{text}': '{path[0]}' is a section; set one key, e.g. {path[0]}.KEY=VALUE")
+            if path[0] not in TOP_LEVEL:
+                raise LlmtuneError(f"override '{text}': unknown key '{path[0]}'{_closest(path[0], TOP_LEVEL)}")
+            raw[path[0]] = value
+        elif len(path) == 2:
+            section, key = path
+            if section not in SECTIONS:
+                raise LlmtuneError(f"override '{text}': unknown section '{section}'{_closest(section, SECTIONS)}")
+            sec = raw.setdefault(section, {}) or {}
+            if not isinstance(sec, dict):
+                raise LlmtuneError(f"override '{text}': section '{section}' is not a mapping in the recipe")
+            sec[key] = value
+            raw[section] = sec
+        else:
+            raise LlmtuneError(f"override '{text}': expected section.key=value with one dot")
+    return raw
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise LlmtuneError(f"{path}: recipe file not found")
+    if path.is_dir():
+        raise LlmtuneError(f"{path}: is a folder, expected a recipe .yaml file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise LlmtuneError(f"{path}: not UTF-8 text (byte {e.start}); save the recipe as UTF-8") from e
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise LlmtuneError(f"{path}:{at}: invalid YAML: {problem}") from e
+    if raw is None:
+        raise LlmtuneError(f"{path}: the recipe is empty")
+    if not isinstance(raw, dict):
+        raise LlmtuneError(f"{path}: expected a mapping of sections (task, model, data, train, ...), got {type(raw).__name__}")
+    return raw
+
+
+def build_recipe(raw: dict[str, Any], source: str = "<recipe>") -> Recipe:
+    for key in raw:
+        if key not in TOP_LEVEL:
+            raise LlmtuneError(f"{source}: unknown key '{key}'{_closest(str(key), TOP_LEVEL)}")
+    kwargs: dict[str, Any] = {"source": source}
+    hints = typing.get_type_hints(Recipe)
+    for key in ("task", "description"):
+        if key in raw:
+            kwargs[key] = _coerce(raw[key], hints[key], f"{source}: {key}")
+    for name, cls in SECTIONS.items():
+        kwargs[name] = _build_section(cls, raw.get(name), f"{source}: {name}")
+    recipe = Recipe(**kwargs)
+    check_recipe(recipe)
+    return recipe
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    path = Path(path)
+    raw = read_yaml(path)
+    raw = apply_overrides(raw, list(overrides or []))
+    recipe = build_recipe(raw, source=str(path))
+    if recipe.train.output_dir is None:
+        recipe.train.output_dir = str(Path("runs") / path.stem)
+    return recipe
+
+
+def check_recipe(r: Recipe) -> None:
+    """Combinations that no single field's type can rule out."""
+    s = r.source
+    t = r.train
+    if not r.model.name:
+        raise LlmtuneError(f"{s}: model.name is required (a hub id, a local folder, or an alias such as minilm-l6)")
+    if r.data.dataset is None and r.data.train_file is None:
+        raise LlmtuneError(f"{s}: data needs either data.dataset (hub or llmtune:NAME) or data.train_file")
+    if r.data.dataset is not None and r.data.train_file is not None:
+        raise LlmtuneError(f"{s}: data.dataset and data.train_file are both set; use one (set data.dataset=null for local files)")
+    for key in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+                "logging_steps", "max_seq_length", "max_source_length", "max_target_length"):
+        if getattr(t, key) < 1:
+            raise LlmtuneError(f"{s}: train.{key} must be at least 1, got {getattr(t, key)}")
+    for key in ("eval_steps", "save_steps", "save_total_limit"):
+        v = getattr(t, key)
+        if v is not None and v < 1:
+            raise LlmtuneError(f"{s}: train.{key} must be at least 1 or null, got {v}")
+    if t.max_steps <= 0 and t.num_train_epochs <= 0:
+        raise LlmtuneError(f"{s}: train.num_train_epochs must be > 0 when train.max_steps is not set")
+    if t.learning_rate <= 0:
+        raise LlmtuneError(f"{s}: train.learning_rate must be > 0, got {t.learning_rate}")
+    if not 0 <= t.warmup_ratio < 1:
+        raise LlmtuneError(f"{s}: train.warmup_ratio must be in [0, 1), got {t.warmup_ratio}")
+    if t.warmup_ratio > 0 and t.warmup_steps > 0:
+        raise LlmtuneError(f"{s}: set train.warmup_ratio or train.warmup_steps, not both")
+    if not 0 < r.data.val_size < 1 and not (r.data.val_size >= 1 and float(r.data.val_size).is_integer()):
+        raise LlmtuneError(f"{s}: data.val_size must be a fraction in (0, 1) or a whole number of rows, got {r.data.val_size}")
+    for key in ("max_train_samples", "max_eval_samples", "max_test_samples"):
+        v = getattr(r.data, key)
+        if v is not None and v < 1:
+            raise LlmtuneError(f"{s}: data.{key} must be at least 1 or null, got {v}")
+    if r.lora.load_in_4bit and not r.lora_enabled:
+        raise LlmtuneError(f"{s}: lora.load_in_4bit (QLoRA) needs LoRA; set lora.enabled=true")
+    if r.lora.r < 1:
+        raise LlmtuneError(f"{s}: lora.r must be at least 1, got {r.lora.r}")
+    if not 0 <= r.lora.dropout < 1:
+        raise LlmtuneError(f"{s}: lora.dropout must be in [0, 1), got {r.lora.dropout}")
+    g = r.generation
+    if g.num_beams < 1 or g.max_new_tokens < 1:
+        raise LlmtuneError(f"{s}: generation.num_beams and generation.max_new_tokens must be at least 1")
+    if g.do_sample and g.temperature <= 0:
+        raise LlmtuneError(f"{s}: generation.temperature must be > 0 when generation.do_sample=true")
+    if not 0 < g.top_p <= 1:
+        raise LlmtuneError(f"{s}: generation.top_p must be in (0, 1], got {g.top_p}")
+    if t.resume_from_checkpoint is True:
+        t.resume_from_checkpoint = "auto"
+    if r.task == "translation" and r.data.source_column is None and not (r.data.source_lang and r.data.target_lang):
+        raise LlmtuneError(f"{s}: translation needs data.source_lang and data.target_lang (or data.source_column/target_column)")
+
+
+def builtin_recipes_dir() -> Path:
+    """Recipes ship inside the package (wheel) and live in the repo's recipes/ folder (checkout)."""
+    packaged = Path(__file__).parent / "recipes"
+    return packaged if packaged.is_dir() else Path(__file__).parent.parent / "recipes"
+
+
+def builtin_recipes() -> list[Path]:
+    d = builtin_recipes_dir()
+    return sorted(d.glob("*.yaml")) if d.is_dir() else []
+
+
+def builtin_recipe(name: str) -> Path:
+    stem = Path(name).stem if name.endswith((".yaml", ".yml")) else name
+    for p in builtin_recipes():
+        if p.stem == stem:
+            return p
+    names = [p.stem for p in builtin_recipes()]
+    raise LlmtuneError(f"no built-in recipe '{name}'{_closest(stem, names)}; built-in: {', '.join(names)}")
+
+
+def find_recipe(name: str) -> Path:
+    """A path if it exists; else a built-in recipe of that name; else a clear error."""
+    p = Path(name)
+    if p.exists() or p.suffix in (".yaml", ".yml") or "/" in name:
+        return p
+    return builtin_recipe(name)
+
+
+def describe_recipe(path: Path) -> str:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return "(unreadable)"
+    return str(raw.get("description") or "").strip().splitlines()[0] if raw.get("description") else ""

@@ -1,0 +1,184 @@
+"""The run folder on disk: what a finished run and a complete checkpoint look like, written atomically.
+
+A checkpoint or the final output is written into a `.tmp-*` folder and renamed into place with a marker file
+only when complete, so a SIGKILL at any moment leaves at worst a temporary folder that resume ignores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from llmtune.errors import LlmtuneError
+
+MARKER = "COMPLETE"  # in a checkpoint folder, and in the run folder once the final outputs are in place
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+OWN_FILES = {"recipe.yaml", "log.jsonl", "run_info.json"}
+
+
+def is_finished(output_dir: Path) -> bool:
+    return (output_dir / MARKER).exists()
+
+
+def checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints, oldest first. Folders without the marker are partial and ignored."""
+    if not output_dir.is_dir():
+        return []
+    found = []
+    for p in output_dir.iterdir():
+        m = CHECKPOINT_RE.match(p.name)
+        if m and (p / MARKER).exists():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def prepare_output_dir(output_dir: Path, overwrite: bool, resume: bool) -> None:
+    """Refuse to touch a finished run or a folder that is not ours; clear it when overwriting."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise LlmtuneError(f"train.output_dir {output_dir}: exists and is a file")
+    if not output_dir.exists():
+        return
+    entries = [p for p in output_dir.iterdir()]
+    ours = any(p.name in OWN_FILES or CHECKPOINT_RE.match(p.name) or p.name.startswith(".tmp-") for p in entries)
+    if entries and not ours:
+        raise LlmtuneError(f"train.output_dir {output_dir}: the folder is not empty and holds no llmtune run; "
+                           "choose another output_dir")
+    if is_finished(output_dir) and not overwrite:
+        raise LlmtuneError(f"train.output_dir {output_dir}: already holds a finished run; set "
+                           "train.overwrite_output_dir=true to replace it, or choose another train.output_dir")
+    if overwrite and entries and not resume:
+        for p in entries:
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
+def clean_partial(output_dir: Path) -> None:
+    if output_dir.is_dir():
+        for p in output_dir.glob(".tmp-*"):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def commit_dir(tmp: Path, final: Path) -> None:
+    """Mark `tmp` complete and move it to `final` (replacing an older folder of that name)."""
+    (tmp / MARKER).write_text(time.strftime("%Y-%m-%dT%H:%M:%S") + "\n")
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+
+
+def rotate_checkpoints(output_dir: Path, limit: int | None, keep_step: int | None) -> None:
+    if limit is None:
+        return
+    ckpts = checkpoints(output_dir)
+    removable = [(s, p) for s, p in ckpts if s != keep_step]
+    excess = len(ckpts) - limit
+    for _, p in removable[: max(0, excess)]:
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".tmp-{path.name}")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    tmp = path.with_name(f".tmp-{path.name}")
+    with tmp.open("w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def git_hash() -> str | None:
+    """The llmtune checkout's commit (with -dirty), or None outside a git checkout."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        if out.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("llmtune", "torch", "transformers", "peft", "accelerate", "datasets", "tokenizers"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def run_info(extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "command": " ".join(Path(sys.argv[0]).name if i == 0 else a for i, a in enumerate(sys.argv)),
+        "git_hash": git_hash(),
+        "versions": versions(),
+        "platform": platform.platform(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        **(extra or {}),
+    }
+
+
+def plot_loss(log_rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(r["step"], r["loss"]) for r in log_rows if "loss" in r]
+    evals = [(r["step"], r["eval_loss"]) for r in log_rows if "eval_loss" in r]
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    if train:
+        ax.plot(*zip(*train, strict=True), label="train loss")
+    if evals:
+        ax.plot(*zip(*evals, strict=True), marker="o", label="eval loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def model_card(recipe_yaml: str, results: dict[str, Any], info: dict[str, Any], task: str, model_name: str) -> str:
+    rows = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in results.items())
+    return f"""---
+library_name: transformers
+tags: [llmtune, {task}]
+base_model: {model_name}
+---
+
+# {model_name} fine-tuned with llmtune ({task})
+
+Trained with `{info.get("command", "llmtune finetune")}`.
+llmtune commit `{info.get("git_hash")}`; versions: {", ".join(f"{k} {v}" for k, v in info.get("versions", {}).items())}.
+
+## Results
+
+| metric | value |
+|---|---|
+{rows}
+
+## Recipe
+
+```yaml
+{recipe_yaml}```
+
+Load it with `from_pretrained` on this folder, or `llmtune predict` / `llmtune eval --model` on it.
+"""
