@@ -60,7 +60,7 @@ def _expand_lang(path: str, lang: str | None) -> str:
     return path.replace("{lang}", lang or "")
 
 
-def load_file(path_str: str, key: str, recipe: Recipe) -> Any:
+def load_file(path_str: str, key: str, recipe: Recipe, lines: bool = False) -> Any:
     """One local file (or a `{lang}` pair of line-aligned text files) as a datasets.Dataset."""
     import datasets
 
@@ -70,7 +70,8 @@ def load_file(path_str: str, key: str, recipe: Recipe) -> Any:
             raise LlmtuneError(f"{key}: '{{lang}}' in the path needs data.source_lang and data.target_lang")
         parts = []
         for lang in (d.source_lang, d.target_lang):
-            ds = load_file(_expand_lang(path_str, lang), key, recipe)
+            # line-aligned corpora are named by language (train.en.gz): read them as one text per line
+            ds = load_file(_expand_lang(path_str, lang), key, recipe, lines=True)
             parts.append(ds.rename_column(ds.column_names[0], lang))
         if len(parts[0]) != len(parts[1]):
             raise LlmtuneError(f"{key} {path_str}: the {d.source_lang} file has {len(parts[0])} lines but the "
@@ -83,7 +84,7 @@ def load_file(path_str: str, key: str, recipe: Recipe) -> Any:
     if path.is_dir():
         raise LlmtuneError(f"{key}: {path_str} is a folder, expected a data file")
     suffix = _suffix(path)
-    builder = FORMATS.get(suffix)
+    builder = FORMATS.get(suffix) or ("text" if lines else None)
     if builder is None:
         raise LlmtuneError(f"{key} {path_str}: unsupported file type '{suffix or path.name}'; use one of "
                            + ", ".join(FORMATS) + " (optionally .gz)")

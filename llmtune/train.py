@@ -40,6 +40,8 @@ class TrainerState:
     tokens_seen: int = 0
     train_loss_sum: float = 0.0
     train_loss_count: int = 0
+    pending_loss_sum: float = 0.0  # micro-batch losses since the last log line, so a resume loses none
+    pending_loss_n: int = 0
     best_metric: float | None = None
     best_step: int | None = None
     train_seconds: float = 0.0
@@ -69,9 +71,11 @@ class LengthGroupedBatches:
         self.group = group_by_length
         self.shuffle = shuffle
         self.epoch = 0
+        self.skip = 0  # batches of this epoch already consumed before a resume
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_position(self, epoch: int, skip: int = 0) -> None:
+        # not `set_epoch`: Accelerate calls that with its own count of iterations, which a resumed run restarts
+        self.epoch, self.skip = epoch, skip
 
     def batches(self) -> list[list[int]]:
         rng = random.Random(self.seed * 1_000_003 + self.epoch)
@@ -86,17 +90,30 @@ class LengthGroupedBatches:
         out = [idx[s:s + bs] for s in range(0, len(idx), bs)]
         if self.group and self.shuffle:
             rng.shuffle(out)
-        return out
+        return out[self.skip:]
 
     def __iter__(self) -> Any:
         return iter(self.batches())
 
     def __len__(self) -> int:
-        return math.ceil(len(self.lengths) / self.batch_size)
+        return math.ceil(len(self.lengths) / self.batch_size) - self.skip
 
 
 def _lengths(ds: Any) -> list[int]:
     return [len(x) for x in ds["input_ids"]]
+
+
+class FixedBatches:
+    """A fixed list of batches with the `batch_size` attribute Accelerate needs to split them across processes."""
+
+    def __init__(self, batches: list[list[int]], batch_size: int):
+        self.batches, self.batch_size = batches, batch_size
+
+    def __iter__(self) -> Any:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 def eval_loader(ds: Any, collate: Any, batch_size: int) -> Any:
@@ -106,7 +123,10 @@ def eval_loader(ds: Any, collate: Any, batch_size: int) -> Any:
     ds = ds.add_column("idx", list(range(len(ds)))) if "idx" not in ds.column_names else ds
     order = sorted(range(len(ds)), key=lambda i: -len(ds[i]["input_ids"])) if len(ds) < 200_000 else list(range(len(ds)))
     batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
-    return DataLoader(ds, batch_sampler=batches, collate_fn=collate)
+    import torch
+
+    return DataLoader(ds, batch_sampler=FixedBatches(batches, batch_size), collate_fn=collate,
+                      generator=torch.Generator().manual_seed(0))
 
 
 def _trainable_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
@@ -165,7 +185,7 @@ def _fingerprint(recipe: Recipe, train_ds: Any) -> dict[str, str]:
 
 
 def _check_resume_compatible(saved: dict[str, str], now: dict[str, str], ckpt: Path) -> None:
-    what = {"model": "the model or LoRA settings", "data": "the training data or its columns",
+    what = {"model": "the model or LoRA settings", "data": "training data (rows or columns)",
             "batches": "the batch size, accumulation, seed or length grouping"}
     for key, label in what.items():
         if saved.get(key) and saved.get(key) != now.get(key):
@@ -192,7 +212,7 @@ def _resolve_resume(recipe: Recipe, out: Path) -> Path | None:
 
 def build_accelerator(recipe: Recipe, out: Path) -> Any:
     from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration
+    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
 
     mp = recipe.train.mixed_precision
     kwargs: dict[str, Any] = {}
@@ -216,6 +236,9 @@ def build_accelerator(recipe: Recipe, out: Path) -> Any:
         os.environ.setdefault("MLFLOW_TRACKING_URI", (out / "mlruns").resolve().as_uri())
     return Accelerator(
         gradient_accumulation_steps=recipe.train.gradient_accumulation_steps,
+        # The sampler yields global batches that each process takes a slice of: the same examples form an update
+        # whatever the number of processes, so 1 process and N processes at one global batch size agree.
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
         log_with=log_with,
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
         **kwargs,
@@ -265,21 +288,22 @@ def finetune(recipe: Recipe, console: Any = None) -> dict[str, Any]:
 
     t = recipe.train
     lengths = _lengths(train_ds)
-    sampler = LengthGroupedBatches(lengths, t.per_device_train_batch_size, t.seed, t.group_by_length)
+    n = accelerator.num_processes
+    sampler = LengthGroupedBatches(lengths, t.per_device_train_batch_size * n, t.seed, t.group_by_length)
+    # A loader without its own generator draws its base seed from the global RNG whenever an iterator starts;
+    # a resumed run starts one at another moment, which would shift every dropout mask after it.
     train_loader = DataLoader(train_ds, batch_sampler=sampler, collate_fn=collate,
-                              num_workers=t.dataloader_num_workers)
-    ev_loader = eval_loader(eval_ds, collate, t.per_device_eval_batch_size)
+                              num_workers=t.dataloader_num_workers, generator=torch.Generator().manual_seed(t.seed))
+    ev_loader = eval_loader(eval_ds, collate, t.per_device_eval_batch_size * n)
     optimizer = make_optimizer(model, recipe)
 
-    n = accelerator.num_processes
-    batches_per_epoch = math.ceil(len(sampler) / n)
+    batches_per_epoch = len(sampler)
     updates_per_epoch = max(1, math.ceil(batches_per_epoch / t.gradient_accumulation_steps))
     max_steps = t.max_steps if t.max_steps > 0 else math.ceil(t.num_train_epochs * updates_per_epoch)
     num_epochs = math.ceil(max_steps / updates_per_epoch)
     warmup = t.warmup_steps or math.ceil(t.warmup_ratio * max_steps)
-    # the prepared scheduler steps once per process per update (accelerate's convention), hence the `* n`
-    scheduler = get_scheduler(t.lr_scheduler_type, optimizer, num_warmup_steps=warmup * n,
-                              num_training_steps=max_steps * n)
+    # with split_batches the prepared scheduler steps once per update, whatever the number of processes
+    scheduler = get_scheduler(t.lr_scheduler_type, optimizer, num_warmup_steps=warmup, num_training_steps=max_steps)
     model, optimizer, train_loader, ev_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, ev_loader, scheduler)
 
@@ -359,32 +383,40 @@ def finetune(recipe: Recipe, console: Any = None) -> dict[str, Any]:
                                   (value > state.best_metric if greater else value < state.best_metric)):
             state.best_metric, state.best_step = value, state.global_step
 
+    import sys
+
     from tqdm.auto import tqdm
 
     progress = tqdm(total=max_steps, initial=state.global_step, disable=not main, desc="training", unit="step",
-                    dynamic_ncols=True)
+                    dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 30)
     model.train()
-    loss_acc = torch.zeros((), device=accelerator.device)
-    loss_n = 0
+    loss_acc = torch.full((), state.pending_loss_sum, device=accelerator.device)
+    loss_n = state.pending_loss_n
+    tok_acc = torch.zeros((), device=accelerator.device, dtype=torch.long)
+    keep_going = True
     window_t, window_samples = time.time(), 0
     seg_start = time.time()
     stop = _StopFlag()
     with stop:
         while state.global_step < max_steps:
             epoch = state.epoch
-            sampler.set_epoch(epoch)
-            loader = (accelerator.skip_first_batches(train_loader, state.batches_in_epoch)
-                      if state.batches_in_epoch else train_loader)
-            for batch in loader:
+            # Skipping inside our own sampler (not accelerate's skip_first_batches, whose new loader draws a seed
+            # from the global RNG) keeps the dropout stream of a resumed run identical to an uninterrupted one.
+            sampler.set_position(epoch, skip=state.batches_in_epoch)
+            for batch in train_loader:
                 with accelerator.accumulate(model):
                     outputs = model(**batch)
                     loss = outputs.loss
                     accelerator.backward(loss)
-                    if accelerator.sync_gradients and t.max_grad_norm > 0:
-                        accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
                     finite = True
                     if accelerator.sync_gradients:
-                        finite = bool(accelerator.reduce(torch.isfinite(loss.detach()).float(), "min") > 0)
+                        if t.max_grad_norm > 0:
+                            accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
+                        # one collective per update carries both the finiteness of the loss and a pending signal
+                        flags = accelerator.reduce(torch.stack([
+                            torch.isfinite(loss.detach()).float(),
+                            torch.tensor(float(stop.signum is None), device=loss.device)]), "min")
+                        finite, keep_going = bool(flags[0] > 0), bool(flags[1] > 0)
                         if not finite and not t.skip_nonfinite:
                             raise LlmtuneError(
                                 f"non-finite loss ({loss.item()}) at step {state.global_step + 1}; the last good "
@@ -397,11 +429,16 @@ def finetune(recipe: Recipe, console: Any = None) -> dict[str, Any]:
                     scheduler.step()
                     optimizer.zero_grad()
                 state.batches_in_epoch += 1
-                bsz = batch["input_ids"].shape[0]
+                if "attention_mask" in batch:
+                    bsz = batch["input_ids"].shape[0]
+                    tok_acc += batch["attention_mask"].sum()
+                else:  # a packed row: examples start where position ids restart
+                    pos = batch.get("position_ids")
+                    bsz = int((pos == 0).sum()) if pos is not None else batch["input_ids"].shape[0]
+                    tok_acc += batch["input_ids"].numel()
+                # each process sees its slice of the global batch; every slice has the same size but the last
                 window_samples += bsz * n
                 state.samples_seen += bsz * n
-                if "attention_mask" in batch:
-                    state.tokens_seen += int(batch["attention_mask"].sum()) * n
                 if finite:
                     loss_acc += loss.detach().float()
                     loss_n += 1
@@ -415,6 +452,8 @@ def finetune(recipe: Recipe, console: Any = None) -> dict[str, Any]:
                     state.train_loss_count += loss_n
                     loss_acc.zero_()
                     loss_n = 0
+                    state.tokens_seen += int(accelerator.reduce(tok_acc, "sum"))
+                    tok_acc.zero_()
                     now = time.time()
                     sps = window_samples / max(now - window_t, 1e-9)
                     window_t, window_samples = now, 0
@@ -428,11 +467,11 @@ def finetune(recipe: Recipe, console: Any = None) -> dict[str, Any]:
                 if do_eval:
                     evaluate_now()
                 do_save = (t.save_steps and state.global_step % t.save_steps == 0) or (not t.save_steps and do_eval)
-                stop_now = bool(accelerator.reduce(
-                    torch.tensor(float(stop.signum is not None), device=accelerator.device), "max") > 0)
+                stop_now = not keep_going
                 if is_epoch_end:
                     state.epoch, state.batches_in_epoch = epoch + 1, 0
                 if do_save or stop_now:
+                    state.pending_loss_sum, state.pending_loss_n = float(loss_acc), loss_n
                     state.train_seconds += time.time() - seg_start
                     seg_start = time.time()
                     save_checkpoint()

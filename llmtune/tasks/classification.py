@@ -156,7 +156,12 @@ def evaluate(ctx: EvalContext) -> tuple[dict[str, float], list[dict[str, Any]]]:
             logits_all.append(logits.cpu())
             labels_all.append(labels.cpu())
     model.train()
-    order = torch.cat(idxs).argsort()
+    idx_t = torch.cat(idxs)
+    # sort by row and keep each row once, whatever padding the last batch got across processes
+    order = idx_t.argsort(stable=True)
+    keep = torch.ones_like(order, dtype=torch.bool)
+    keep[1:] = idx_t[order][1:] != idx_t[order][:-1]
+    order = order[keep]
     logits_t = torch.cat(logits_all)[order]
     labels_t = torch.cat(labels_all)[order]
     probs = logits_t.softmax(-1)
