@@ -243,5 +243,133 @@ def _cpu_bf16() -> bool:
         return False
 
 
+@app.command("eval")
+@handle_errors
+def eval_(
+    metric: Annotated[list[str] | None, typer.Option("--metric", "-m", help="rouge, bleu, chrf, ter, accuracy, f1, "
+                                                     "exact_match, perplexity; repeat or comma-separate")] = None,
+    predictions: Annotated[Path | None, typer.Option("--predictions", "-p", help="Predictions file to score.")] = None,
+    references: Annotated[list[Path] | None, typer.Option("--references", "-r", help="References file(s); repeat "
+                                                          "for parallel reference files")] = None,
+    prediction_field: Annotated[str | None, typer.Option("--prediction-field")] = None,
+    reference_field: Annotated[str | None, typer.Option("--reference-field")] = None,
+    compare: Annotated[Path | None, typer.Option("--compare", help="Second predictions file: paired bootstrap "
+                                                 "test against --predictions")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the JSON results here.")] = None,
+    no_stemmer: Annotated[bool, typer.Option("--no-stemmer", help="ROUGE without Porter stemming.")] = False,
+    tokenize: Annotated[str | None, typer.Option("--tokenize", help="sacreBLEU tokenizer: 13a, intl, zh, char, "
+                                                 "none, ...")] = None,
+    ignore_case: Annotated[bool, typer.Option("--ignore-case", help="exact_match: ignore case.")] = False,
+    ignore_punctuation: Annotated[bool, typer.Option("--ignore-punctuation", help="exact_match: ignore "
+                                                     "punctuation.")] = False,
+    bootstrap: Annotated[int, typer.Option("--bootstrap", help="Bootstrap resamples for 95% intervals "
+                                           "(0: none).")] = 1000,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap and of few-shot draws.")] = 0,
+    model: Annotated[str | None, typer.Option("--model", help="A run folder, model folder or decoder to "
+                                              "evaluate on a dataset.")] = None,
+    recipe: Annotated[str | None, typer.Option("--recipe", help="Recipe (file, built-in name or run folder) "
+                                               "giving the task and data; default: the run's own.")] = None,
+    split: Annotated[str, typer.Option("--split", help="eval (validation), test or train.")] = "eval",
+    shots: Annotated[str | None, typer.Option("--shots", help="Prompt --model (a decoder) with K examples; "
+                                              "several: 0,1,5")] = None,
+    finetuned: Annotated[list[str] | None, typer.Option("--finetuned", help="Also evaluate this fine-tuned run "
+                                                        "on the same split, side by side; repeatable")] = None,
+    output_dir: Annotated[Path | None, typer.Option("--output-dir", help="Where results.json and "
+                                                    "predictions.jsonl go (model evaluation).")] = None,
+    overrides: Annotated[list[str] | None, typer.Option("--set", help="Recipe override section.key=value, "
+                                                        "repeatable")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 8,
+) -> None:
+    """Score prediction files against references, or evaluate a model (fine-tuned, or zero/few-shot) on a dataset."""
+    names = [m.strip() for item in (metric or []) for m in item.split(",") if m.strip()]
+    from llmtune import evaluation
+
+    if predictions is not None:
+        if model is not None:
+            raise LlmtuneError("give either --predictions/--references (score files) or --model (evaluate a model)")
+        if not references:
+            raise LlmtuneError("--predictions needs --references")
+        if not names:
+            raise LlmtuneError("name at least one --metric (rouge, bleu, chrf, ter, accuracy, f1, exact_match)")
+        if "perplexity" in names:
+            raise LlmtuneError("--metric perplexity needs a model: use --model RUN --recipe RECIPE")
+        options: dict[str, dict[str, Any]] = {}
+        if no_stemmer and "rouge" in names:
+            options["rouge"] = {"use_stemmer": False}
+        if tokenize and "bleu" in names:
+            options["bleu"] = {"tokenize": tokenize}
+        if (ignore_case or ignore_punctuation) and "exact_match" in names:
+            options["exact_match"] = {"ignore_case": ignore_case, "ignore_punctuation": ignore_punctuation}
+        res = evaluation.score_prediction_files(predictions, references, names, prediction_field, reference_field,
+                                                options, bootstrap, seed, compare, output)
+        _print_scores(res["results"], title=f"{predictions} ({res['n_samples']} examples)")
+        for name, sig in res["signatures"].items():
+            if name in ("bleu", "chrf", "ter"):
+                console.print(f"[dim]{name} signature: {sig}[/]", highlight=False)
+        if res["comparison"]:
+            _print_comparison(res["comparison"], str(predictions), str(compare))
+        if output:
+            console.print(f"wrote {output}")
+        return
+    if model is None:
+        raise LlmtuneError("give --predictions and --references to score files, or --model to evaluate a model")
+    shot_list = None
+    if shots:
+        try:
+            shot_list = [int(x) for x in shots.split(",") if x.strip()]
+        except ValueError:
+            raise LlmtuneError(f"--shots {shots}: expected integers such as 0,1,5") from None
+        if any(k < 0 for k in shot_list):
+            raise LlmtuneError(f"--shots {shots}: the number of examples cannot be negative")
+    res = evaluation.run_eval(model, recipe, overrides or [], split, names or None, shot_list, finetuned or [],
+                              bootstrap, seed, output_dir, batch_size)
+    _print_settings(res["results"], title=f"{res['config']['task']} on the {split} split ({res['n_samples']} examples)")
+    console.print(f"wrote {res['output_dir']}/results.json and predictions.jsonl")
+
+
+def _fmt(v: Any) -> str:
+    return "—" if v is None else f"{v:.4f}"
+
+
+def _print_scores(results: dict[str, dict[str, Any]], title: str) -> None:
+    table = Table(title=title)
+    for col in ("metric", "value", "95% CI", "n"):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    for key, r in results.items():
+        ci = f"[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]" if r.get("ci_low") is not None else "—"
+        table.add_row(key, _fmt(r["value"]), ci, str(r["n"]))
+    console.print(table)
+
+
+def _print_comparison(comparison: dict[str, dict[str, Any]], a: str, b: str) -> None:
+    table = Table(title=f"paired bootstrap: {b} vs {a}")
+    for col in ("metric", "a", "b", "b - a", "p-value"):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    for key, r in comparison.items():
+        table.add_row(key, _fmt(r["a"]), _fmt(r["b"]), _fmt(r["diff"]), _fmt(r["p_value"]))
+    console.print(table)
+
+
+def _print_settings(results: dict[str, dict[str, dict[str, Any]]], title: str) -> None:
+    settings = list(results)
+    keys = list(dict.fromkeys(k for s in settings for k in results[s]))
+    table = Table(title=title)
+    table.add_column("metric")
+    for s in settings:
+        table.add_column(s, justify="right")
+    for key in keys:
+        cells = []
+        for s in settings:
+            r = results[s].get(key)
+            if r is None:
+                cells.append("")
+            elif r.get("ci_low") is not None:
+                cells.append(f"{_fmt(r['value'])} [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]")
+            else:
+                cells.append(_fmt(r["value"]))
+        table.add_row(key, *cells)
+    console.print(table)
+
+
 def run() -> None:
     app()

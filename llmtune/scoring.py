@@ -271,6 +271,24 @@ def score_files(
             raise LlmtuneError(f"{compare_path} has {len(other)} predictions but {ref_name} has "
                                f"{len(references)} references")
 
+    return score_texts(predictions, references, metrics, options, bootstrap, seed, alpha, other,
+                       source=str(predictions_path), ref_name=ref_name)
+
+
+def score_texts(
+    predictions: list[str],
+    references: list[list[str]],
+    metrics: Sequence[str],
+    options: dict[str, dict[str, Any]] | None = None,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+    other: list[str] | None = None,
+    source: str = "predictions",
+    ref_name: str = "references",
+) -> dict[str, Any]:
+    """`score_files` on lists already in memory (a model's predictions, say); same result shape."""
+    options = options or {}
     results: dict[str, dict[str, Any]] = {}
     signatures: dict[str, str] = {}
     comparison: dict[str, dict[str, Any]] | None = {} if other is not None else None
@@ -296,7 +314,7 @@ def score_files(
                 for key, row in M.paired_test(stats, other_stats, bootstrap or 1000, seed).items():
                     comparison[key] = {k: _json_float(v) for k, v in row.items()}
         except (ValueError, TypeError, ImportError) as e:
-            raise LlmtuneError(f"{name} on {predictions_path}: {e}") from None
+            raise LlmtuneError(f"{name} on {source}: {e}") from None
         for key, value in stats.values.items():
             low, high = intervals.get(key, (math.nan, math.nan))
             results[key] = {"value": _json_float(value), "ci_low": _json_float(low),
