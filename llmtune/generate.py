@@ -64,6 +64,8 @@ def generate_texts(
             for b in batches[rank::world]:
                 enc = tokenizer([prompts[i] for i in b], return_tensors="pt", padding=True, truncation=True,
                                 max_length=max_input_length, add_special_tokens=add_special_tokens).to(device)
+                if decoder_only:
+                    enc.pop("token_type_ids", None)  # BERT-style tokenizers add them; decoders take none
                 out = model.generate(**enc, **kwargs)
                 if decoder_only:
                     out = out[:, enc["input_ids"].shape[1]:]
