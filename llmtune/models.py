@@ -142,6 +142,15 @@ def load_model(model_cls: Any, args: ModelArgs, resolved: ResolvedModel | None =
     if args.attn_implementation:
         kw["attn_implementation"] = args.attn_implementation
     kw.update(kwargs)
+    if resolved.is_local and not resolved.gguf_file:
+        folder = Path(resolved.path)
+        pickled = list(folder.glob("*.bin")) + list(folder.glob("*.pt")) + list(folder.glob("*.pth"))
+        if pickled and not list(folder.glob("*.safetensors")) and not args.allow_pickle:
+            raise LlmtuneError(f"model.name '{args.name}': {folder} has only pickled weights ({pickled[0].name}); "
+                               "unpickling can run arbitrary code. Convert them to safetensors, or set "
+                               "model.allow_pickle=true if you trust the source")
+    elif not resolved.is_local and not args.allow_pickle:
+        kw["use_safetensors"] = True  # a hub repo with only pickled weights is refused, not unpickled
     try:
         return model_cls.from_pretrained(resolved.path, **kw)
     except OSError as e:

@@ -32,6 +32,7 @@ class ModelArgs:
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     gguf_file: str | None = None
     attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] | None = None
+    allow_pickle: bool = False  # load pytorch_model.bin (pickle can run code) from a folder without safetensors
 
 
 @dataclass
