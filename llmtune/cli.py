@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from llmtune.errors import LlmtuneError
@@ -46,7 +47,8 @@ def _quiet_libraries() -> None:
 
         transformers.utils.logging.set_verbosity_error()
         transformers.utils.logging.disable_progress_bar()
-        datasets.utils.logging.set_verbosity_error()
+        # datasets logs a parser's failure before raising it; llmtune reports it once, on one line
+        datasets.utils.logging.set_verbosity(logging.CRITICAL)
         datasets.disable_progress_bars()
     except ImportError:
         pass
@@ -65,7 +67,7 @@ def handle_errors(fn: Any) -> Any:
                 raise
             from llmtune.train import Interrupted
 
-            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(130 if isinstance(e, Interrupted) else 2) from None
         except KeyboardInterrupt:
             err_console.print("[bold red]interrupted[/]")
@@ -76,7 +78,7 @@ def handle_errors(fn: Any) -> Any:
             if DEBUG["on"]:
                 raise
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            err_console.print(f"[bold red]internal error:[/] {type(e).__name__}: {first} "
+            err_console.print(f"[bold red]internal error:[/] {type(e).__name__}: {escape(first)} "
                               "(run with --debug for the traceback)", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
 

@@ -56,6 +56,41 @@ def check_utf8(path: Path, key: str) -> None:
         raise LlmtuneError(f"{key} {path}: cannot read the file ({e})") from e
 
 
+def check_structure(path: Path, suffix: str, key: str) -> None:
+    """What the parsers report badly: no rows at all, a broken JSON line, a JSON object of columns."""
+    import json
+
+    if suffix == ".parquet":
+        return
+    with _open_bytes(path) as f:
+        text = f.read().decode("utf-8")
+    lines = [(i, line) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
+    header = 1 if suffix in (".csv", ".tsv") else 0
+    if len(lines) <= header:
+        raise LlmtuneError(f"{key} {path}: the file has no rows" + (" (only a header)" if lines else ""))
+    if suffix == ".jsonl":
+        for lineno, line in lines:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise LlmtuneError(f"{key} {path}: line {lineno}: invalid JSON ({e.msg})") from None
+            if not isinstance(record, dict):
+                raise LlmtuneError(f"{key} {path}: line {lineno}: expected a JSON object per line, "
+                                   f"got {type(record).__name__}")
+    elif suffix == ".json":
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            if all(line.lstrip().startswith("{") for _, line in lines):
+                return  # JSON lines in a .json file: the jsonl parser reads them
+            raise LlmtuneError(f"{key} {path}: line {e.lineno}: invalid JSON ({e.msg})") from None
+        if isinstance(obj, dict):
+            raise LlmtuneError(f"{key} {path}: a JSON object of columns; expected a list of records "
+                               '([{"text": ..., "label": ...}, ...]) or JSON lines')
+        if isinstance(obj, list) and not obj:
+            raise LlmtuneError(f"{key} {path}: the file has no rows")
+
+
 def _expand_lang(path: str, lang: str | None) -> str:
     return path.replace("{lang}", lang or "")
 
@@ -91,6 +126,7 @@ def load_file(path_str: str, key: str, recipe: Recipe, lines: bool = False) -> A
     if path.stat().st_size == 0:
         raise LlmtuneError(f"{key} {path_str}: the file is empty")
     check_utf8(path, key)
+    check_structure(path, suffix, key)
     kwargs: dict[str, Any] = {}
     if suffix == ".tsv":
         kwargs = {"sep": "\t", "quoting": 3}  # QUOTE_NONE: TSV corpora (SST-2...) hold bare quote characters

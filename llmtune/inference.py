@@ -15,13 +15,19 @@ def run_task(run_dir: Path) -> str:
         raise LlmtuneError(f"{run_dir}: not a folder; expected a run folder written by llmtune finetune")
     info = run_dir / "llmtune_info.json"
     if info.exists():
-        return str(json.loads(info.read_text())["task"])
+        try:
+            return str(json.loads(info.read_text())["task"])
+        except (json.JSONDecodeError, KeyError, TypeError, OSError, UnicodeDecodeError) as e:
+            raise LlmtuneError(f"{info}: unreadable run information ({type(e).__name__}); the run folder is damaged") from None
     if (run_dir / "adapter_config.json").exists():
         return "causal_lm"
     cfg_path = run_dir / "config.json"
     if not cfg_path.exists():
         raise LlmtuneError(f"{run_dir}: not a run or model folder (no llmtune_info.json or config.json)")
-    cfg = json.loads(cfg_path.read_text())
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, OSError, UnicodeDecodeError) as e:
+        raise LlmtuneError(f"{cfg_path}: not valid JSON ({type(e).__name__}); the model folder is damaged") from None
     archs = " ".join(cfg.get("architectures") or [])
     if "SequenceClassification" in archs:
         return "classification"
@@ -59,8 +65,11 @@ def predict_file(run_dir: Path, input_path: Path, field: str | None = None, pair
 
         from llmtune.tasks.classification import predict
 
-        model = AutoModelForSequenceClassification.from_pretrained(str(run_dir))
-        tokenizer = AutoTokenizer.from_pretrained(str(run_dir))
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(str(run_dir))
+            tokenizer = AutoTokenizer.from_pretrained(str(run_dir))
+        except (OSError, ValueError) as e:
+            raise LlmtuneError(f"{run_dir}: could not load the model: {str(e).splitlines()[0][:200]}") from None
         max_len = recipe.train.max_seq_length if recipe else 512
         return predict(model, tokenizer, texts, pairs, max_len, batch_size)
     from llmtune import tasks

@@ -205,7 +205,7 @@ def _type_name(tp: Any) -> str:
     if origin in (Union, types.UnionType):
         return " or ".join(_type_name(a) for a in get_args(tp) if a is not type(None))
     if origin is list:
-        return "a list of " + _type_name(get_args(tp)[0]) + "s"
+        return "a list of " + {str: "strings", int: "integers", float: "numbers"}.get(get_args(tp)[0], "items")
     return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
 
 
@@ -312,6 +312,23 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """A safe loader that refuses a key given twice: YAML would silently keep the last one."""
+
+
+def _no_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key '{key}'", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise LlmtuneError(f"{path}: recipe file not found")
@@ -322,7 +339,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
     except UnicodeDecodeError as e:
         raise LlmtuneError(f"{path}: not UTF-8 text (byte {e.start}); save the recipe as UTF-8") from e
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""

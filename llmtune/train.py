@@ -210,17 +210,22 @@ def _resolve_resume(recipe: Recipe, out: Path) -> Path | None:
     return p
 
 
+def check_hardware(recipe: Recipe) -> None:
+    """Settings this machine cannot run, said before anything is loaded."""
+    import torch
+
+    if recipe.train.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise LlmtuneError(f"{recipe.source}: train.mixed_precision=fp16 needs a CUDA GPU; on CPU use bf16 or no")
+
+
 def build_accelerator(recipe: Recipe, out: Path) -> Any:
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
 
     mp = recipe.train.mixed_precision
     kwargs: dict[str, Any] = {}
+    check_hardware(recipe)
     if mp != "no":
-        import torch
-
-        if mp == "fp16" and not torch.cuda.is_available():
-            raise LlmtuneError("train.mixed_precision=fp16 needs a CUDA GPU; on CPU use bf16 or no")
         kwargs["mixed_precision"] = mp  # otherwise the accelerate config (or `no`) decides
     log_with = None if recipe.train.report_to == "none" else recipe.train.report_to
     if log_with == "tensorboard":

@@ -10,6 +10,9 @@ from llmtune.recipe import Recipe
 
 def check_data(recipe: Recipe) -> list[str]:
     """Resolve the model name, load and validate every split; return one line per check that passed."""
+    from llmtune.train import check_hardware
+
+    check_hardware(recipe)
     task = tasks.get(recipe.task)
     resolved = resolve(recipe.model)
     lines = [f"model {recipe.model.name} -> {resolved.path}" + (f" ({resolved.gguf_file})" if resolved.gguf_file else "")]

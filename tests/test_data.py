@@ -71,7 +71,7 @@ def test_list_of_strings_is_joined_and_gz_text_pairs(tmp_path: Path) -> None:
         ('{"text": "ok", "label": 7}\n', {"label_names": ["neg", "pos"]}, "row 1: label 7 is not in"),
         ('{"text": "ok", "label": null}\n', {}, "row 1: label column 'label' holds None"),
         ('{"text": "ok", "label": 1}\n{"text": "ok", "label": "x"}\n', {}, "mixes integer and text"),
-        ("not json\n", {}, "cannot parse as jsonl"),
+        ("not json\n", {}, "line 1: invalid JSON"),
     ],
 )
 def test_bad_data_is_named(tmp_path: Path, content: str | None, kwargs: dict, needle: str) -> None:
