@@ -94,3 +94,12 @@ def test_validate_prints_resolved_recipe(tmp_path: Path, tiny_bert: Path, sentim
     assert res.exit_code == 0, res.output
     assert "learning_rate: 3.0e-05" in res.stdout and "train: 20 rows" in res.stdout
     assert not (tmp_path / "out").exists()
+
+
+def test_tensorboard_logs_offline(tmp_path: Path, tiny_bert: Path, sentiment_files, cli) -> None:
+    train, eval_ = sentiment_files
+    out = tmp_path / "tb"
+    recipe = tiny_recipe(tmp_path / "r.yaml", tiny_bert, train, eval_, out, train__report_to="tensorboard")
+    res = cli("finetune", recipe)
+    assert res.exit_code == 0, res.output
+    assert list((out / "logs").rglob("events.out.tfevents.*"))
