@@ -172,21 +172,32 @@ class _StopFlag:
             signal.signal(s, h)
 
 
-def _fingerprint(recipe: Recipe, train_ds: Any) -> dict[str, str]:
-    """What must not change between a run and its resume: the model, the data and the batch composition."""
+def _fingerprint(recipe: Recipe, train_ds: Any, lengths: list[int], processes: int) -> dict[str, str]:
+    """What must not change between a run and its resume: the model, the data and the batch composition.
+
+    The data part hashes the data settings, every row's token count and the tokens of the first rows: an edited,
+    reordered or extended file is caught without reading the whole dataset again.
+    """
     r = recipe.to_dict()
     data = {k: v for k, v in r["data"].items() if k not in ("max_eval_samples", "max_test_samples")}
+    h = hashlib.sha256(json.dumps(data, sort_keys=True).encode())
+    h.update(json.dumps(lengths).encode())
+    head = train_ds.select(range(min(256, len(train_ds))))
+    for col in ("input_ids", "labels"):
+        if col in head.column_names:
+            h.update(json.dumps(list(head[col])).encode())
     return {
         "model": recipe.fingerprint("model", "lora"),
-        "data": hashlib.sha256((json.dumps(data, sort_keys=True) + str(len(train_ds))).encode()).hexdigest()[:16],
-        "batches": f"{recipe.train.per_device_train_batch_size}x{recipe.train.gradient_accumulation_steps}"
+        "data": h.hexdigest()[:16],
+        # the global batch decides which examples form an update; how it is split over processes does not
+        "batches": f"{recipe.train.per_device_train_batch_size * processes}x{recipe.train.gradient_accumulation_steps}"
                    f"/seed{recipe.train.seed}/group{recipe.train.group_by_length}",
     }
 
 
 def _check_resume_compatible(saved: dict[str, str], now: dict[str, str], ckpt: Path) -> None:
     what = {"model": "the model or LoRA settings", "data": "training data (rows or columns)",
-            "batches": "the batch size, accumulation, seed or length grouping"}
+            "batches": "the global batch size, accumulation, seed or length grouping"}
     for key, label in what.items():
         if saved.get(key) and saved.get(key) != now.get(key):
             raise LlmtuneError(f"train.resume_from_checkpoint: {ckpt} was made with different {label}; resuming "
@@ -312,7 +323,7 @@ def finetune(recipe: Recipe, console: Any = None) -> dict[str, Any]:
     model, optimizer, train_loader, ev_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, ev_loader, scheduler)
 
-    state = TrainerState(fingerprint=_fingerprint(recipe, train_ds))
+    state = TrainerState(fingerprint=_fingerprint(recipe, train_ds, lengths, n))
     if resume_from is not None:
         saved = TrainerState.from_file(resume_from / "trainer_state.json")
         _check_resume_compatible(saved.fingerprint, state.fingerprint, resume_from)
