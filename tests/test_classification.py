@@ -103,3 +103,20 @@ def test_tensorboard_logs_offline(tmp_path: Path, tiny_bert: Path, sentiment_fil
     res = cli("finetune", recipe)
     assert res.exit_code == 0, res.output
     assert list((out / "logs").rglob("events.out.tfevents.*"))
+
+
+def test_bf16_autocast_and_gradient_checkpointing_on_cpu(tmp_path: Path, tiny_bert: Path, sentiment_files,
+                                                         cli) -> None:
+    train, eval_ = sentiment_files
+    out = tmp_path / "bf16"
+    recipe = tiny_recipe(tmp_path / "r.yaml", tiny_bert, train, eval_, out, train__mixed_precision="bf16",
+                         train__gradient_checkpointing=True)
+    res = cli("finetune", recipe)
+    assert res.exit_code == 0, res.output
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["global_step"] == 4 and results["train_loss"] == results["train_loss"]  # finite, not NaN
+    from safetensors import safe_open
+
+    with safe_open(out / "model.safetensors", "pt") as f:  # autocast trains float32 master weights
+        assert all(f.get_tensor(k).dtype.is_floating_point and str(f.get_tensor(k).dtype) == "torch.float32"
+                   for k in list(f.keys())[:5])
