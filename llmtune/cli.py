@@ -375,3 +375,67 @@ def _print_settings(results: dict[str, dict[str, dict[str, Any]]], title: str) -
 
 def run() -> None:
     app()
+
+
+@app.command()
+@handle_errors
+def merge(
+    run_dir: Annotated[Path, typer.Argument(help="A finished LoRA run folder (adapter_config.json + recipe.yaml).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the merged from_pretrained model.")],
+    force: Annotated[bool, typer.Option("--force", help="Write into a non-empty --output folder.")] = False,
+) -> None:
+    """Merge a LoRA adapter into its base model and save a plain from_pretrained folder (safetensors)."""
+    from llmtune.lora import merge as merge_run
+
+    out = merge_run(run_dir, output, force=force)
+    console.print(f"merged model written to [bold]{out}[/]")
+
+
+@app.command()
+@handle_errors
+def generate(
+    model: Annotated[str, typer.Argument(help="A run folder, a model folder, a .gguf file, a hub id or an alias.")],
+    prompt: Annotated[str | None, typer.Option("--prompt", "-p", help="One prompt; streamed to the terminal.")] = None,
+    input: Annotated[Path | None, typer.Option("--input", "-i", help="Prompts: .txt (one per line), .jsonl, "
+                                               ".json, .csv, .tsv")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write JSONL here instead of stdout.")] = None,
+    field: Annotated[str | None, typer.Option("--field", help="Prompt field of the input file.")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens")] = None,
+    sample: Annotated[bool | None, typer.Option("--sample/--greedy", help="Sample, or decode greedily.")] = None,
+    num_beams: Annotated[int | None, typer.Option("--num-beams", help="Beam search with N beams.")] = None,
+    temperature: Annotated[float | None, typer.Option("--temperature", help="Implies --sample.")] = None,
+    top_k: Annotated[int | None, typer.Option("--top-k", help="Implies --sample.")] = None,
+    top_p: Annotated[float | None, typer.Option("--top-p", help="Implies --sample.")] = None,
+    repetition_penalty: Annotated[float | None, typer.Option("--repetition-penalty")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed for sampling: same seed, same text.")] = None,
+    system: Annotated[str | None, typer.Option("--system", help="System message for chat models.")] = None,
+    raw: Annotated[bool, typer.Option("--raw", help="Give the prompt as is, without the chat template.")] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 16,
+    stream: Annotated[bool, typer.Option("--stream/--no-stream", help="Stream a single prompt.")] = True,
+    overrides: Annotated[list[str] | None, typer.Option("--set", help="generation.key=value, repeatable")] = None,
+) -> None:
+    """Generate text with a run, a merged model or a base model, for one prompt or a file of prompts."""
+    if (prompt is None) == (input is None):
+        raise LlmtuneError("give either --prompt TEXT or --input FILE")
+    from llmtune.generate_cmd import generate_rows, read_prompts
+
+    prompts = [(prompt, None)] if prompt is not None else read_prompts(input, field)  # type: ignore[arg-type]
+    options = {"max_new_tokens": max_new_tokens, "do_sample": sample, "num_beams": num_beams,
+               "temperature": temperature, "top_k": top_k, "top_p": top_p,
+               "repetition_penalty": repetition_penalty, "seed": seed}
+    streaming = stream and prompt is not None and output is None
+    rows = generate_rows(model, prompts, overrides=overrides or [], options=options, batch_size=batch_size,
+                         stream=streaming, raw=raw, system=system)
+    if streaming:
+        return
+    import json
+
+    if prompt is not None and output is None:
+        sys.stdout.write(rows[0]["generation"] + "\n")
+        return
+    lines = [json.dumps(r, ensure_ascii=False) for r in rows]
+    if output:
+        output.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        console.print(f"wrote {len(rows)} generations to {output}")
+    else:
+        sys.stdout.write("\n".join(lines) + "\n")

@@ -395,11 +395,24 @@ def finetune(recipe: Recipe, console: Any = None) -> dict[str, Any]:
         log({"step": state.global_step, "epoch": round(state.global_step / updates_per_epoch, 4), **last_eval})
         say(f"step {state.global_step}: " + ", ".join(f"{k} {v:.4f}" for k, v in last_eval.items()))
         value = last_eval.get(f"eval_{metric_name}")
+        if state.global_step == 0:
+            return  # the untrained baseline is reported, never kept as "best"
         if value is not None and (state.best_metric is None or
                                   (value > state.best_metric if greater else value < state.best_metric)):
             state.best_metric, state.best_step = value, state.global_step
 
     import sys
+
+    base_eval: dict[str, float] = {}
+    if getattr(task, "EVAL_BEFORE_TRAINING", False) and resume_from is None and state.global_step == 0:
+        # the base model's numbers, so a run shows what fine-tuning bought; forked RNG: seeded generation in
+        # eval must not shift the training stream
+        with torch.random.fork_rng():
+            evaluate_now()
+        base_eval = dict(last_eval)
+    elif resume_from is not None:
+        first = state.log_history[0] if state.log_history else {}
+        base_eval = {k: v for k, v in first.items() if k.startswith("eval_")} if first.get("step") == 0 else {}
 
     from tqdm.auto import tqdm
 
@@ -522,7 +535,8 @@ def finetune(recipe: Recipe, console: Any = None) -> dict[str, Any]:
         "global_step": state.global_step,
         "total_wall_seconds": round(time.time() - t0, 3),
     }
-    eval_results = {**last_eval, "eval_samples": len(eval_ds), "epoch": train_results["epoch"]}
+    eval_results = {**last_eval, **{f"base_{k}": v for k, v in base_eval.items()}, "eval_samples": len(eval_ds),
+                    "epoch": train_results["epoch"]}
     if state.best_step is not None:
         eval_results[f"best_{metric_name}"] = state.best_metric
         eval_results["best_step"] = state.best_step

@@ -1,0 +1,175 @@
+"""`llmtune generate`: load a run, a model folder, a GGUF file, a hub id or an alias, render prompts the way the
+model was trained (its chat template, or the instruction layout of the run), and generate, streaming a single
+prompt to the terminal or batching over a file."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llmtune.errors import LlmtuneError
+from llmtune.recipe import GenerationArgs, Recipe
+
+PROMPT_FIELDS = ("prompt", "instruction", "question", "text", "input")
+
+
+@dataclass
+class Loaded:
+    model: Any
+    tokenizer: Any
+    recipe: Recipe | None
+    prompt_format: str  # chat / alpaca / text
+
+
+def load(model_or_run: str) -> Loaded:
+    from llmtune.lora import load_run
+
+    path = Path(model_or_run).expanduser()
+    if path.is_dir() and ((path / "adapter_config.json").is_file() or (path / "config.json").is_file()):
+        model, tokenizer, recipe, info = load_run(path)
+        fmt = info.get("prompt_format")
+    else:
+        from llmtune.lora import load_base
+        from llmtune.models import load_tokenizer, resolve
+        from llmtune.recipe import ModelArgs
+
+        args = ModelArgs(name=model_or_run)
+        resolved = resolve(args, where="MODEL")
+        tokenizer = load_tokenizer(args, resolved)
+        model = load_base(args, None, resolved)
+        model.eval()
+        recipe, fmt = None, None
+    if fmt is None:
+        fmt = "chat" if getattr(tokenizer, "chat_template", None) else "text"
+    return Loaded(model, tokenizer, recipe, fmt)
+
+
+def generation_args(base: GenerationArgs, overrides: list[str], options: dict[str, Any]) -> GenerationArgs:
+    """base < `--set generation.key=value` < explicit CLI options (None means not given)."""
+    from llmtune.recipe import _build_section, parse_override
+
+    raw = dataclasses.asdict(base)
+    for text in overrides:
+        path, value = parse_override(text)
+        if len(path) == 2 and path[0] == "generation":
+            raw[path[1]] = value
+        else:
+            raise LlmtuneError(f"--set {text}: only generation.KEY=VALUE settings apply here")
+    options = {k: v for k, v in options.items() if v is not None}
+    if "do_sample" not in options and any(k in options for k in ("temperature", "top_k", "top_p")):
+        options["do_sample"] = True  # asking for a temperature or top-k/top-p means sampling
+    raw.update(options)
+    g = _build_section(GenerationArgs, raw, "generation")
+    if g.num_beams < 1 or g.max_new_tokens < 1:
+        raise LlmtuneError("generation: num_beams and max_new_tokens must be at least 1")
+    if g.do_sample and g.temperature <= 0:
+        raise LlmtuneError("generation: temperature must be > 0 when sampling")
+    if not 0 < g.top_p <= 1:
+        raise LlmtuneError(f"generation: top_p must be in (0, 1], got {g.top_p}")
+    return g
+
+
+def read_prompts(path: Path, field: str | None) -> list[tuple[str, str | None]]:
+    """(instruction, input) pairs: one per line of a .txt file, or a field of each .jsonl/.json/.csv/.tsv row (an
+    `instruction` field takes the row's `input` field along)."""
+    if not path.is_file():
+        raise LlmtuneError(f"--input {path}: file not found")
+    suffix = path.suffix.lower()
+    text = path.read_text(encoding="utf-8")
+    if suffix not in (".jsonl", ".json", ".csv", ".tsv"):
+        return [(line, None) for line in text.splitlines() if line.strip()]
+    rows: list[Any]
+    if suffix == ".jsonl":
+        rows = []
+        for i, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise LlmtuneError(f"--input {path}: line {i} is not JSON ({e.msg})") from e
+    elif suffix == ".json":
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise LlmtuneError(f"--input {path}: not JSON ({e.msg}, line {e.lineno})") from e
+        if not isinstance(rows, list):
+            raise LlmtuneError(f"--input {path}: expected a JSON list of rows")
+    else:
+        rows = list(csv.DictReader(text.splitlines(), delimiter="\t" if suffix == ".tsv" else ","))
+    out: list[tuple[str, str | None]] = []
+    for i, row in enumerate(rows, 1):
+        if isinstance(row, str):
+            out.append((row, None))
+            continue
+        if not isinstance(row, dict):
+            raise LlmtuneError(f"--input {path}: row {i} is {row!r}, expected an object")
+        key = field or next((k for k in PROMPT_FIELDS if k in row), None)
+        if key is None or not isinstance(row.get(key), str):
+            raise LlmtuneError(f"--input {path}: row {i} has no text field "
+                               f"{field or ' / '.join(PROMPT_FIELDS)}; choose one with --field")
+        extra = row.get("input") if key == "instruction" and isinstance(row.get("input"), str) else None
+        out.append((row[key], extra))
+    if not out:
+        raise LlmtuneError(f"--input {path}: no prompts in the file")
+    return out
+
+
+def render(loaded: Loaded, prompts: list[tuple[str, str | None]], raw: bool = False,
+           system: str | None = None) -> tuple[list[str], bool]:
+    """The texts given to the model, and whether the tokenizer should add its special tokens (BOS)."""
+    from llmtune.tasks.causal_lm import adds_special_tokens, generation_prompt, user_content
+
+    if raw:
+        return [user_content(a, b) for a, b in prompts], True
+    fmt = loaded.prompt_format
+    return [generation_prompt(loaded.tokenizer, fmt, a, b, system) for a, b in prompts], adds_special_tokens(fmt)
+
+
+def stream_one(loaded: Loaded, prompt: str, g: GenerationArgs, add_special_tokens: bool) -> str:
+    """Generate for one prompt, printing words to stdout as they come (beam search cannot stream: printed at end)."""
+    import sys
+
+    import torch
+    from transformers import TextStreamer
+
+    from llmtune.generate import generation_kwargs
+
+    tok = loaded.tokenizer
+    model = loaded.model
+    if g.seed is not None:
+        torch.manual_seed(g.seed)
+    enc = tok(prompt, return_tensors="pt", add_special_tokens=add_special_tokens).to(next(model.parameters()).device)
+    streamer = TextStreamer(tok, skip_prompt=True, skip_special_tokens=True) if g.num_beams == 1 else None
+    with torch.no_grad():
+        out = model.generate(**enc, **generation_kwargs(g, tok), streamer=streamer)
+    text = tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    if streamer is None:
+        sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+    return text.strip()
+
+
+def generate_rows(model_or_run: str, prompts: list[tuple[str, str | None]], g: GenerationArgs | None = None,
+                  overrides: list[str] | None = None, options: dict[str, Any] | None = None, batch_size: int = 16,
+                  stream: bool = False, raw: bool = False, system: str | None = None,
+                  max_input_length: int | None = None) -> list[dict[str, Any]]:
+    """One {"prompt", "generation"} row per prompt, in order. Settings: the run's recipe (or defaults) <
+    overrides < options; `stream` prints the single prompt's generation as it is produced."""
+    from llmtune.generate import generate_texts
+
+    loaded = load(model_or_run)
+    base = g or (loaded.recipe.generation if loaded.recipe is not None else GenerationArgs())
+    g = generation_args(base, list(overrides or []), dict(options or {}))
+    texts, special = render(loaded, prompts, raw=raw, system=system)
+    max_in = max_input_length or (loaded.recipe.train.max_seq_length if loaded.recipe is not None else 1024)
+    if stream and len(texts) == 1:
+        outs = [stream_one(loaded, texts[0], g, special)]
+    else:
+        outs = generate_texts(loaded.model, loaded.tokenizer, texts, g, batch_size=batch_size,
+                              max_input_length=max_in, decoder_only=True, add_special_tokens=special)
+    return [{"prompt": p, **({"input": b} if b is not None else {}), "generation": o}
+            for (p, b), o in zip(prompts, outs, strict=True)]

@@ -1,0 +1,515 @@
+"""Causal language modelling: decoder-only models (Llama, Qwen, GPT...) on plain text, instruction pairs or chat
+conversations, by default through LoRA adapters.
+
+Labels are the input ids with every token the loss must skip set to -100: the prompt (unless
+data.train_on_prompt), and always the first token of an example, which nothing predicts. Masking that first token
+also makes packing exact: in a packed row it would be "predicted" from the previous example's last token.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from llmtune.data import Split, as_text, check_text_column, require_column
+from llmtune.errors import LlmtuneError
+from llmtune.recipe import Recipe
+from llmtune.tasks import EvalContext
+
+DEFAULT_METRIC = "loss"
+GREATER_IS_BETTER = False
+#: the base model's eval loss is the yardstick of a fine-tune: the loop may evaluate once before step 1
+EVAL_BEFORE_TRAINING = True
+
+IGNORE = -100
+ROLES = ("system", "user", "assistant", "tool")
+DEFAULT_GEN_METRICS = ("rouge", "bleu", "exact_match")
+# logits of one forward in evaluate() are at most this many floats (rows x length x vocab): 256 MB in fp32
+EVAL_LOGITS_BUDGET = 64 * 1024 * 1024
+
+# data.template: a chat template for models without one, by name or as a Jinja string
+TEMPLATES = {
+    "chatml": (
+        "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
+        "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    ),
+    # plain-text turns that any tokenizer encodes; an assistant turn ends with EOS so generation stops there
+    "plain": (
+        "{% for message in messages %}{% if message['role'] == 'system' %}{{ message['content'] + '\n\n' }}"
+        "{% elif message['role'] == 'assistant' %}{{ '### Assistant:\n' + message['content'] + eos_token + '\n\n' }}"
+        "{% else %}{{ '### User:\n' + message['content'] + '\n\n' }}{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '### Assistant:\n' }}{% endif %}"
+    ),
+}
+
+
+# ---- prompt rendering (shared with `llmtune generate`) -----------------------------------------------------
+
+
+def resolve_template(template: str | None) -> str | None:
+    if template is None:
+        return None
+    if template in TEMPLATES:
+        return TEMPLATES[template]
+    if "{{" in template or "{%" in template:
+        return template
+    raise LlmtuneError(f"data.template: '{template}' is neither a built-in template ({', '.join(TEMPLATES)}) "
+                       "nor a Jinja chat template")
+
+
+def user_content(instruction: str, input_text: str | None) -> str:
+    return f"{instruction}\n\n{input_text}" if input_text and input_text.strip() else instruction
+
+
+def alpaca_prompt(instruction: str, input_text: str | None) -> str:
+    """The instruction prompt for tokenizers without a chat template (the Alpaca layout)."""
+    if input_text and input_text.strip():
+        return f"### Instruction:\n{instruction}\n\n### Input:\n{input_text}\n\n### Response:\n"
+    return f"### Instruction:\n{instruction}\n\n### Response:\n"
+
+
+def render_chat(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+    return str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt))
+
+
+def generation_prompt(tokenizer: Any, prompt_format: str, instruction: str, input_text: str | None = None,
+                      system: str | None = None) -> str:
+    """What the model is given to continue, in the layout it was trained on."""
+    if prompt_format == "chat":
+        messages = ([{"role": "system", "content": system}] if system else []) + \
+            [{"role": "user", "content": user_content(instruction, input_text)}]
+        return render_chat(tokenizer, messages, add_generation_prompt=True)
+    if prompt_format == "alpaca":
+        return alpaca_prompt(instruction, input_text)
+    return user_content(instruction, input_text)
+
+
+def adds_special_tokens(prompt_format: str) -> bool:
+    """Chat templates write BOS themselves when the model wants one; the other layouts let the tokenizer add it."""
+    return prompt_format != "chat"
+
+
+# ---- tokenization: strings -> (input_ids, labels) -----------------------------------------------------------
+
+
+def from_segments(tokenizer: Any, segments: list[tuple[str, bool]], special_first: bool, eos_after: bool,
+                  max_length: int, train_on_prompt: bool) -> tuple[list[int], list[int]]:
+    """Token ids of consecutive text pieces and labels that keep only the pieces marked trainable.
+
+    Each piece is tokenized on its own, so a piece boundary is a token boundary: the prompt's tokens are exactly
+    those the model sees at generation time, and the mask never cuts a token in two.
+    """
+    ids: list[int] = []
+    labels: list[int] = []
+    for i, (text, trainable) in enumerate(segments):
+        if not text:
+            continue
+        piece = tokenizer(text, add_special_tokens=special_first and i == 0)["input_ids"]
+        ids.extend(piece)
+        labels.extend(piece if trainable or train_on_prompt else [IGNORE] * len(piece))
+    if eos_after and tokenizer.eos_token_id is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
+        ids.append(tokenizer.eos_token_id)
+        labels.append(tokenizer.eos_token_id)
+    ids, labels = ids[:max_length], labels[:max_length]
+    if labels:
+        labels[0] = IGNORE
+    return ids, labels
+
+
+def encode_text(tokenizer: Any, text: str, max_length: int) -> tuple[list[int], list[int]]:
+    return from_segments(tokenizer, [(text, True)], special_first=True, eos_after=True, max_length=max_length,
+                         train_on_prompt=True)
+
+
+def text_chunks(tokenizer: Any, text: str, max_length: int) -> list[tuple[list[int], list[int]]]:
+    """A long text as consecutive windows of max_length tokens (training uses all of it, not just its start)."""
+    ids, _ = from_segments(tokenizer, [(text, True)], special_first=True, eos_after=True, max_length=1 << 62,
+                           train_on_prompt=True)
+    out = []
+    for start in range(0, len(ids), max_length):
+        window = ids[start:start + max_length]
+        if len(window) > 1:  # a 1-token tail has nothing to predict
+            out.append((window, [IGNORE] + window[1:]))
+    return out
+
+
+def encode_instruction(tokenizer: Any, prompt_format: str, instruction: str, input_text: str | None, output: str,
+                       max_length: int, train_on_prompt: bool) -> tuple[list[int], list[int]]:
+    if prompt_format == "chat":
+        messages = [{"role": "user", "content": user_content(instruction, input_text)},
+                    {"role": "assistant", "content": output}]
+        return encode_chat(tokenizer, messages, max_length, train_on_prompt)
+    segments = [(alpaca_prompt(instruction, input_text), False), (output, True)]
+    return from_segments(tokenizer, segments, special_first=True, eos_after=True, max_length=max_length,
+                         train_on_prompt=train_on_prompt)
+
+
+def chat_segments(tokenizer: Any, messages: list[dict[str, str]]) -> list[tuple[str, bool]]:
+    """The rendered conversation cut into (text, is_assistant_reply) pieces.
+
+    Rendering the turns before assistant turn k with the generation prompt, then through turn k, gives the reply's
+    span as the difference. Templates that rewrite earlier turns (so a shorter conversation is not a prefix of a
+    longer one) fall back to training on the last reply only.
+    """
+    full = render_chat(tokenizer, messages, add_generation_prompt=False)
+    spans: list[tuple[int, int]] = []
+    for k, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        before = render_chat(tokenizer, messages[:k], add_generation_prompt=True) if k else ""
+        through = render_chat(tokenizer, messages[:k + 1], add_generation_prompt=False)
+        if not (through.startswith(before) and full.startswith(through)):
+            spans = []
+            break
+        spans.append((len(before), len(through.rstrip())))  # the newline after an end-of-turn token is layout
+    if not spans:
+        last = max(k for k, m in enumerate(messages) if m["role"] == "assistant")
+        before = render_chat(tokenizer, messages[:last], add_generation_prompt=True)
+        through = render_chat(tokenizer, messages[:last + 1], add_generation_prompt=False)
+        if not (through.startswith(before) and full.startswith(through)):
+            raise LlmtuneError("the chat template does not render a conversation's start as a prefix of the whole "
+                               "conversation, so the assistant replies cannot be located; set data.template")
+        spans = [(len(before), len(through.rstrip()))]
+    segments: list[tuple[str, bool]] = []
+    pos = 0
+    for start, end in spans:
+        segments += [(full[pos:start], False), (full[start:end], True)]
+        pos = end
+    segments.append((full[pos:], False))
+    return segments
+
+
+def encode_chat(tokenizer: Any, messages: list[dict[str, str]], max_length: int,
+                train_on_prompt: bool) -> tuple[list[int], list[int]]:
+    return from_segments(tokenizer, chat_segments(tokenizer, messages), special_first=False, eos_after=False,
+                         max_length=max_length, train_on_prompt=train_on_prompt)
+
+
+# ---- validation and setup ---------------------------------------------------------------------------------
+
+
+def _input_column(recipe: Recipe, split: Split) -> str | None:
+    """data.input_column, or None when the default 'input' is simply absent (most datasets have no such column)."""
+    col = recipe.data.input_column
+    if col is None or (col == "input" and col not in split.dataset.column_names):
+        return None
+    return col
+
+
+def _check_messages(split: Split, column: str) -> None:
+    require_column(split, column, "data.messages_column")
+    for i, value in enumerate(split.dataset[column]):
+        where = f"{split.origin}: row {i + 1}: column '{column}' (data.messages_column)"
+        if not isinstance(value, list) or not value:
+            raise LlmtuneError(f"{where} holds {value!r}, expected a non-empty list of {{role, content}} turns")
+        for j, turn in enumerate(value):
+            if not isinstance(turn, dict) or not isinstance(turn.get("role"), str) or \
+                    not isinstance(turn.get("content"), str):
+                raise LlmtuneError(f"{where}: turn {j + 1} is {turn!r}, expected {{\"role\": ..., \"content\": "
+                                   "\"text\"}")
+            if turn["role"] not in ROLES:
+                raise LlmtuneError(f"{where}: turn {j + 1} has role '{turn['role']}'; roles are "
+                                   f"{', '.join(ROLES)}")
+        if split.name != "test" and not any(t["role"] == "assistant" for t in value):
+            raise LlmtuneError(f"{where}: no assistant turn, so nothing to learn or score")
+
+
+def validate(recipe: Recipe, split: Split) -> None:
+    d = recipe.data
+    if d.format == "text":
+        check_text_column(split, d.text_column, "data.text_column")
+    elif d.format == "chat":
+        _check_messages(split, d.messages_column)
+    else:
+        check_text_column(split, d.prompt_column, "data.prompt_column")
+        col = _input_column(recipe, split)
+        if col is not None:
+            require_column(split, col, "data.input_column")
+            for i, value in enumerate(split.dataset[col]):
+                if value is not None and as_text(value) is None:
+                    raise LlmtuneError(f"{split.origin}: row {i + 1}: column '{col}' (data.input_column) holds "
+                                       f"{value!r}, expected text (or empty)")
+        if split.name == "test" and d.completion_column not in split.dataset.column_names:
+            return  # prompts only: still good for generation
+        check_text_column(split, d.completion_column, "data.completion_column")
+
+
+def prompt_format_for(recipe: Recipe, tokenizer: Any) -> str:
+    """chat (a chat template renders the turns), alpaca (instructions, no template), or text."""
+    d = recipe.data
+    if d.format == "text":
+        return "text"
+    has_template = d.template is not None or bool(getattr(tokenizer, "chat_template", None))
+    if d.format == "chat" and not has_template:
+        raise LlmtuneError(f"{recipe.source}: data.format=chat needs a chat template, and the tokenizer of "
+                           f"'{recipe.model.name}' has none; set data.template (built-in: {', '.join(TEMPLATES)}, "
+                           "or a Jinja template)")
+    return "chat" if has_template else "alpaca"
+
+
+def setup(recipe: Recipe, splits: dict[str, Split], tokenizer: Any) -> dict[str, Any]:
+    from llmtune.lora import check_qlora
+
+    d = recipe.data
+    if recipe.lora_enabled:
+        check_qlora(recipe.lora)
+    template = resolve_template(d.template)
+    if d.format == "text" and recipe.generate_in_eval:
+        raise LlmtuneError(f"{recipe.source}: eval.generate=true needs prompts and references "
+                           "(data.format instruction or chat), not data.format=text")
+    info: dict[str, Any] = {"format": d.format, "base_model": recipe.model.name}
+    if tokenizer is None:  # `llmtune validate`: no tokenizer loaded
+        return info
+    if template is not None:
+        # the run folder's tokenizer keeps the template, so generation renders prompts the way training did
+        tokenizer.chat_template = template
+    info["prompt_format"] = prompt_format_for(recipe, tokenizer)
+    return info
+
+
+# ---- tokenize, model, collator --------------------------------------------------------------------------
+
+
+def _encode(batch: dict[str, list[Any]], tokenizer: Any, fmt: str, prompt_format: str, text: str, prompt: str,
+            input_col: str | None, completion: str, messages: str, max_length: int,
+            train_on_prompt: bool, chunk: bool) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {"input_ids": [], "labels": []}
+    n = len(next(iter(batch.values())))
+    for i in range(n):
+        if fmt == "text" and chunk:
+            for ids, labels in text_chunks(tokenizer, as_text(batch[text][i]) or "", max_length):
+                out["input_ids"].append(ids)
+                out["labels"].append(labels)
+            continue
+        if fmt == "text":
+            ids, labels = encode_text(tokenizer, as_text(batch[text][i]) or "", max_length)
+        elif fmt == "chat":
+            turns = [{"role": t["role"], "content": t["content"]} for t in batch[messages][i]]
+            ids, labels = encode_chat(tokenizer, turns, max_length, train_on_prompt)
+        else:
+            inp = as_text(batch[input_col][i]) if input_col else None
+            ids, labels = encode_instruction(tokenizer, prompt_format, as_text(batch[prompt][i]) or "", inp,
+                                             as_text(batch[completion][i]) or "", max_length, train_on_prompt)
+        out["input_ids"].append(ids)
+        out["labels"].append(labels)
+    return out
+
+
+def _has_target(row: dict[str, Any]) -> bool:
+    return any(label != IGNORE for label in row["labels"])
+
+
+def tokenize(recipe: Recipe, tokenizer: Any, split: Split, info: dict[str, Any]) -> Any:
+    import logging
+
+    d = recipe.data
+    ds = split.dataset
+    ds = ds.map(
+        _encode,
+        batched=True,
+        remove_columns=ds.column_names,
+        fn_kwargs={"tokenizer": tokenizer, "fmt": d.format, "prompt_format": info.get("prompt_format", "text"),
+                   "text": d.text_column, "prompt": d.prompt_column, "input_col": _input_column(recipe, split),
+                   "completion": d.completion_column, "messages": d.messages_column,
+                   "max_length": recipe.train.max_seq_length, "train_on_prompt": d.train_on_prompt,
+                   # training texts are cut into windows; eval keeps one row per text (its first window), so
+                   # predictions line up with the file
+                   "chunk": split.name == "train"},
+        desc=f"Tokenizing {split.name}",
+    )
+    if split.name == "train":
+        # a row whose response lies wholly beyond max_seq_length has no token to learn from; a batch of such
+        # rows would divide 0 by 0. Eval rows stay, so predictions line up with the file.
+        before = len(ds)
+        ds = ds.filter(_has_target, desc="Dropping rows without response tokens")
+        if len(ds) < before:
+            logging.getLogger("llmtune").warning(
+                "%s: %d of %d rows have no response token within train.max_seq_length=%d and are skipped",
+                split.origin, before - len(ds), before, recipe.train.max_seq_length)
+    return ds
+
+
+def load_model(recipe: Recipe, tokenizer: Any, info: dict[str, Any]) -> Any:
+    from llmtune import lora
+    from llmtune.models import resolve
+
+    resolved = resolve(recipe.model)
+    model = lora.load_base(recipe.model, recipe.lora if recipe.lora_enabled else None, resolved)
+    # No KV cache while training: it costs memory, and transformers only derives the per-example attention
+    # blocks of a packed row from position_ids when no cache is passed. generate() turns it on for itself.
+    model.config.use_cache = False
+    if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    if model.generation_config is not None and model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if recipe.lora_enabled:
+        model = lora.wrap(model, recipe, resolved)
+    return model
+
+
+class CausalCollator:
+    """Right-padded batches with attention_mask, or with packing one row of concatenated examples whose
+    position_ids restart at 0 for each example (no padding, no attention across examples).
+
+    Eval batches (they carry `idx`) are always padded, so each example's loss can be put back in its row.
+    """
+
+    def __init__(self, pad_token_id: int, packing: bool) -> None:
+        self.pad_token_id = pad_token_id
+        self.packing = packing
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        has_idx = "idx" in features[0]
+        if self.packing and not has_idx:
+            ids: list[int] = []
+            labels: list[int] = []
+            positions: list[int] = []
+            for f in features:
+                ids += list(f["input_ids"])
+                labels += list(f["labels"])
+                positions += range(len(f["input_ids"]))
+            return {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
+                    "position_ids": torch.tensor([positions])}
+        width = max(len(f["input_ids"]) for f in features)
+        batch = {
+            "input_ids": torch.tensor([list(f["input_ids"]) + [self.pad_token_id] * (width - len(f["input_ids"]))
+                                       for f in features]),
+            "attention_mask": torch.tensor([[1] * len(f["input_ids"]) + [0] * (width - len(f["input_ids"]))
+                                            for f in features]),
+            "labels": torch.tensor([list(f["labels"]) + [IGNORE] * (width - len(f["labels"])) for f in features]),
+        }
+        if has_idx:
+            batch["idx"] = torch.tensor([f["idx"] for f in features])
+        return batch
+
+
+def collator(recipe: Recipe, tokenizer: Any, model: Any) -> Any:
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return CausalCollator(pad if pad is not None else 0, recipe.data.packing)
+
+
+# ---- evaluation -----------------------------------------------------------------------------------------
+
+
+def example_losses(model: Any, batch: dict[str, Any], labels: Any) -> tuple[Any, Any]:
+    """Per-row sums of token cross-entropies (float64) and token counts, next-token shifted, -100 skipped.
+
+    Forwards a few rows at a time so the logits (rows x length x vocab) stay within EVAL_LOGITS_BUDGET.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    rows, width = labels.shape
+    vocab = int(getattr(getattr(model, "config", None), "vocab_size", 0) or 50_000)
+    step = max(1, EVAL_LOGITS_BUDGET // max(1, width * vocab))
+    sums, counts = [], []
+    for r in range(0, rows, step):
+        part = {k: v[r:r + step] for k, v in batch.items()}
+        logits = model(**part).logits[:, :-1].float()
+        target = labels[r:r + step, 1:]
+        ce = F.cross_entropy(logits.transpose(1, 2), target.clamp(min=0), reduction="none")
+        mask = target != IGNORE
+        sums.append((ce * mask).to(torch.float64).sum(-1))
+        counts.append(mask.sum(-1))
+    return torch.cat(sums), torch.cat(counts)
+
+
+def _eval_prompts(recipe: Recipe, tokenizer: Any, split: Split, prompt_format: str
+                  ) -> tuple[list[str], list[str], list[dict[str, Any]]]:
+    """Generation prompts, references and the record fields that show each prompt, for the eval rows."""
+    d = recipe.data
+    rows = split.dataset
+    prompts, refs, shown = [], [], []
+    if d.format == "chat":
+        for turns in rows[d.messages_column]:
+            msgs = [{"role": t["role"], "content": t["content"]} for t in turns]
+            last = max(k for k, m in enumerate(msgs) if m["role"] == "assistant")
+            prompts.append(render_chat(tokenizer, msgs[:last], add_generation_prompt=True))
+            refs.append(msgs[last]["content"])
+            shown.append({"prompt": next((m["content"] for m in reversed(msgs[:last]) if m["role"] == "user"), "")})
+        return prompts, refs, shown
+    input_col = _input_column(recipe, split)
+    instructions = [as_text(v) or "" for v in rows[d.prompt_column]]
+    inputs = [as_text(v) for v in rows[input_col]] if input_col else [None] * len(instructions)
+    completions = [as_text(v) or "" for v in rows[d.completion_column]]
+    for ins, inp, out in zip(instructions, inputs, completions, strict=True):
+        prompts.append(generation_prompt(tokenizer, prompt_format, ins, inp))
+        refs.append(out)
+        shown.append({"instruction": ins, **({"input": inp} if input_col else {})})
+    return prompts, refs, shown
+
+
+def _dedup(idx: Any) -> Any:
+    """Order by row, each row once (the last eval batch is padded with repeats across processes)."""
+    import torch
+
+    order = idx.argsort(stable=True)
+    keep = torch.ones_like(order, dtype=torch.bool)
+    keep[1:] = idx[order][1:] != idx[order][:-1]
+    return order[keep]
+
+
+def evaluate(ctx: EvalContext) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    import torch
+
+    acc = ctx.accelerator
+    model = ctx.model
+    was_training = model.training
+    model.eval()
+    idxs, sums, counts = [], [], []
+    with torch.no_grad():
+        for batch in ctx.loader:
+            idx = batch.pop("idx")
+            labels = batch.pop("labels")
+            s, c = example_losses(model, batch, labels)
+            idx, s, c = acc.gather_for_metrics((idx, s, c))
+            idxs.append(idx.cpu())
+            sums.append(s.cpu())
+            counts.append(c.cpu())
+    order = _dedup(torch.cat(idxs))
+    sums_t, counts_t = torch.cat(sums)[order], torch.cat(counts)[order]
+    n_tokens = int(counts_t.sum())
+    # exact token-weighted mean over the whole split: every target token counts once, whatever the batching
+    loss = float(sums_t.sum() / max(n_tokens, 1))
+    metrics: dict[str, float] = {"loss": loss, "perplexity": math.exp(loss) if loss < 700 else float("inf")}
+    records: list[dict[str, Any]] = []
+    d = ctx.recipe.data
+    rows = ctx.split.dataset
+    per_row = [float(s / c) if c > 0 else None for s, c in zip(sums_t.tolist(), counts_t.tolist(), strict=True)]
+    if d.format == "text":
+        records = [{"text": as_text(t), "loss": x} for t, x in zip(rows[d.text_column], per_row, strict=True)]
+    else:
+        prompt_format = ctx.info.get("prompt_format", "chat")
+        prompts, refs, shown = _eval_prompts(ctx.recipe, ctx.tokenizer, ctx.split, prompt_format)
+        records = [{**s, "reference": r, "loss": x} for s, r, x in zip(shown, refs, per_row, strict=True)]
+        if ctx.recipe.generate_in_eval:
+            from llmtune import metrics as metrics_mod
+            from llmtune.generate import generate_texts
+
+            preds = generate_texts(
+                acc.unwrap_model(model), ctx.tokenizer, prompts, ctx.recipe.generation,
+                batch_size=ctx.recipe.train.per_device_eval_batch_size,
+                max_input_length=ctx.recipe.train.max_seq_length, decoder_only=True, accelerator=acc,
+                add_special_tokens=adds_special_tokens(prompt_format))
+            for name in ctx.recipe.eval.metrics or DEFAULT_GEN_METRICS:
+                try:
+                    metrics.update(metrics_mod.compute(name, preds, refs))
+                except ValueError as e:
+                    raise LlmtuneError(f"eval.metrics: {e}") from e
+            for rec, p in zip(records, preds, strict=True):
+                rec["prediction"] = p
+    if was_training:
+        model.train()
+    return metrics, records
+
+
+def predict_run(run_dir: Any, recipe: Recipe | None, texts: list[str], batch_size: int) -> list[dict[str, Any]]:
+    """`llmtune predict` on a causal_lm run: one generation per input text."""
+    from pathlib import Path
+
+    from llmtune.generate_cmd import generate_rows
+
+    g = recipe.generation if recipe is not None else None
+    return generate_rows(str(Path(run_dir)), [(t, None) for t in texts], g=g, batch_size=batch_size)

@@ -1,0 +1,294 @@
+"""causal_lm on a tiny Llama (2 layers, hidden 32) with SmolLM2's real tokenizer: LoRA wrapping, label masking on
+literal tensors, packing = unpacked loss, merge = base + adapter, seeded generation; one short SmolLM2 run."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conftest import write_jsonl
+
+from llmtune.tasks import causal_lm as clm
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer Llama with random weights and SmolLM2's tokenizer (with its chat template)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from llmtune.models import ALIASES
+
+    smol = ALIASES["smollm2-135m"][0]()
+    tok = AutoTokenizer.from_pretrained(smol.path, gguf_file=smol.gguf_file)
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tok.save_pretrained(folder)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, intermediate_size=64, max_position_embeddings=512,
+                      tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id)
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    return folder
+
+
+def recipe_dict(model: Path | str, out: Path, **extra: Any) -> dict[str, Any]:
+    recipe: dict[str, Any] = {
+        "task": "causal_lm",
+        "model": {"name": str(model)},
+        "data": {"dataset": "llmtune:instruct", "max_train_samples": 24, "max_eval_samples": 6},
+        "lora": {"r": 4, "alpha": 8},
+        "train": {"output_dir": str(out), "max_steps": 4, "per_device_train_batch_size": 4,
+                  "per_device_eval_batch_size": 4, "learning_rate": 5e-3, "logging_steps": 2, "max_seq_length": 96},
+        "generation": {"max_new_tokens": 4},
+    }
+    for key, value in extra.items():
+        section, _, field = key.partition("__")
+        recipe.setdefault(section, {})[field] = value
+    return recipe
+
+
+def write_recipe(path: Path, model: Path | str, out: Path, **extra: Any) -> Path:
+    path.write_text(yaml.safe_dump(recipe_dict(model, out, **extra)), encoding="utf-8")
+    return path
+
+
+def load_parts(tiny_llama: Path, tmp_path: Path, **extra: Any) -> tuple[Any, Any, Any]:
+    from llmtune.models import load_tokenizer
+    from llmtune.recipe import build_recipe
+
+    recipe = build_recipe(recipe_dict(tiny_llama, tmp_path / "out", **extra))
+    tok = load_tokenizer(recipe.model)
+    return recipe, tok, clm.load_model(recipe, tok, {})
+
+
+def test_lora_trains_only_the_adapters(tiny_llama: Path, tmp_path: Path) -> None:
+    import torch
+
+    recipe, tok, model = load_parts(tiny_llama, tmp_path)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(".lora_A." in n or ".lora_B." in n for n in trainable)
+    wrapped = {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in trainable}
+    assert wrapped == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}  # all-linear
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    x = torch.tensor([[1, 520, 9531, 198, 37, 2]])
+    model(input_ids=x, labels=x).loss.backward()
+    opt.step()
+    for n, p in model.named_parameters():
+        changed = not torch.equal(before[n], p.detach())
+        assert changed == (".lora_B." in n or ".lora_A." in n), n
+
+    _, _, full = load_parts(tiny_llama, tmp_path, lora__enabled=False)
+    assert type(full).__name__ == "LlamaForCausalLM" and all(p.requires_grad for p in full.parameters())
+
+
+def test_labels_mask_the_prompt_literal(tiny_llama: Path) -> None:
+    import torch
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    ids_of = lambda s: tok(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+    prompt = clm.generation_prompt(tok, "chat", "Add the numbers.", "2 and 3")
+    assert prompt.endswith("<|im_start|>user\nAdd the numbers.\n\n2 and 3<|im_end|>\n<|im_start|>assistant\n")
+    ids, labels = clm.encode_instruction(tok, "chat", "Add the numbers.", "2 and 3", "5", 128, False)
+    p, r = ids_of(prompt), ids_of("5<|im_end|>")
+    assert ids == p + r + ids_of("\n")
+    assert labels == [-100] * len(p) + r + [-100]
+    assert tok.decode(r) == "5<|im_end|>" and r[-1] == tok.eos_token_id  # the model learns to stop
+
+    ids_all, labels_all = clm.encode_instruction(tok, "chat", "Add the numbers.", "2 and 3", "5", 128, True)
+    assert ids_all == ids and labels_all == [-100] + ids[1:]  # train_on_prompt: all but the unpredicted first
+
+    # no chat template: the Alpaca layout, response + EOS trained
+    ids2, labels2 = clm.encode_instruction(tok, "alpaca", "Name a color.", "", "Red", 128, False)
+    p2 = tok(clm.alpaca_prompt("Name a color.", ""))["input_ids"]
+    assert ids2 == p2 + ids_of("Red") + [tok.eos_token_id]
+    assert labels2 == [-100] * len(p2) + ids_of("Red") + [tok.eos_token_id]
+
+    # multi-turn chat: every assistant reply (with its end-of-turn token) is trained, nothing else
+    msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+            {"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]
+    ids3, labels3 = clm.encode_chat(tok, msgs, 256, False)
+    assert ids3 == ids_of(clm.render_chat(tok, msgs, False))  # segment-wise = whole-string tokenization here
+    assert tok.decode([t for t in labels3 if t != -100]) == "hello<|im_end|>4<|im_end|>"
+
+    # truncation keeps at most max_seq_length tokens; the collator pads labels with -100 and masks attention
+    short, short_labels = clm.encode_instruction(tok, "chat", "Add the numbers.", "2 and 3", "5", 8, False)
+    assert len(short) == 8 and short_labels == [-100] * 8
+    batch = clm.CausalCollator(tok.pad_token_id, packing=False)(
+        [{"input_ids": [1, 5, 6], "labels": [-100, 5, 6]}, {"input_ids": [1, 7], "labels": [-100, 7]}])
+    assert torch.equal(batch["input_ids"], torch.tensor([[1, 5, 6], [1, 7, tok.pad_token_id]]))
+    assert torch.equal(batch["labels"], torch.tensor([[-100, 5, 6], [-100, 7, -100]]))
+    assert torch.equal(batch["attention_mask"], torch.tensor([[1, 1, 1], [1, 1, 0]]))
+    packed = clm.CausalCollator(tok.pad_token_id, packing=True)(
+        [{"input_ids": [1, 5, 6], "labels": [-100, 5, 6]}, {"input_ids": [1, 7], "labels": [-100, 7]}])
+    assert "attention_mask" not in packed
+    assert torch.equal(packed["position_ids"], torch.tensor([[0, 1, 2, 0, 1]]))
+    assert torch.equal(packed["labels"], torch.tensor([[-100, 5, 6, -100, 7]]))
+
+
+def test_packed_loss_equals_unpacked(tiny_llama: Path, tmp_path: Path) -> None:
+    import torch
+
+    # train mode as in the loop; no LoRA dropout, so two forwards are comparable
+    recipe, tok, model = load_parts(tiny_llama, tmp_path, data__packing=True, lora__dropout=0.0)
+    assert model.training and model.config.use_cache is False
+    torch.manual_seed(1)
+    with torch.no_grad():  # non-zero adapters, so the LoRA path is part of what is compared
+        for n, p in model.named_parameters():
+            if ".lora_B." in n:
+                p.normal_(0, 0.1)
+    rows = [("Name a color.", "", "Red"), ("Add the numbers.", "2 and 3", "5"),
+            ("Write a haiku about the sea.", "", "Waves fold into foam\nsalt wind carries gull voices\nthe tide"),
+            ("Give the opposite of the word.", "victory", "defeat")]
+    feats = []
+    for ins, inp, out in rows:
+        ids, labels = clm.encode_instruction(tok, "chat", ins, inp, out, 256, False)
+        feats.append({"input_ids": ids, "labels": labels})
+    collate = clm.collator(recipe, tok, model)
+    packed = collate(feats)
+    padded = clm.CausalCollator(tok.pad_token_id, packing=False)(feats)
+    assert packed["input_ids"].shape == (1, sum(len(f["input_ids"]) for f in feats))
+
+    def loss_and_grads(batch: dict[str, Any]) -> tuple[float, list[Any]]:
+        model.zero_grad()
+        loss = model(**batch).loss
+        loss.backward()
+        return float(loss), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+    lp, gp = loss_and_grads(packed)
+    lu, gu = loss_and_grads(padded)
+    assert abs(lp - lu) < 1e-4
+    assert max(float((a - b).abs().max()) for a, b in zip(gp, gu, strict=True)) < 1e-4
+    # control: the same row without restarting positions lets examples attend to each other
+    flat = {k: v for k, v in packed.items() if k != "position_ids"}
+    assert abs(float(model(**flat).loss) - lu) > 1e-3
+
+
+def test_finetune_generate_merge(tiny_llama: Path, tmp_path: Path, cli) -> None:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "run"
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_llama, out, data__packing=True, eval__generate=True,
+                          train__eval_steps=2)
+    res = cli("finetune", recipe)
+    assert res.exit_code == 0, res.output
+    for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "recipe.yaml",
+                 "predictions.jsonl", "all_results.json", "COMPLETE"):
+        assert (out / name).exists(), name
+    assert not (out / "model.safetensors").exists()  # the adapter only, not the base model
+    results = json.loads((out / "all_results.json").read_text())
+    assert math.isclose(results["eval_perplexity"], math.exp(results["eval_loss"]), rel_tol=1e-9)
+    for key in ("eval_rouge1", "eval_rougeL", "eval_bleu", "eval_exact_match"):
+        assert isinstance(results[key], float), key
+    preds = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(preds) == 6 and all({"instruction", "reference", "prediction", "loss"} <= set(p) for p in preds)
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == str(tiny_llama)
+
+    # plain PEFT loads the adapter; the merged folder gives the same logits as base + adapter
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    x = torch.tensor([[1, 4093, 198, 7684, 260, 2966, 30, 2, 198, 1, 520, 9531, 198]])
+    with torch.no_grad():
+        base_logits = base(x).logits
+        adapted = PeftModel.from_pretrained(base, out).eval()
+        peft_logits = adapted(x).logits
+    assert float((peft_logits - base_logits).abs().max()) > 1e-3  # training moved the adapter
+    merged_dir = tmp_path / "merged"
+    res = cli("merge", out, "--output", merged_dir)
+    assert res.exit_code == 0, res.output
+    assert (merged_dir / "model.safetensors").exists() and not (merged_dir / "adapter_config.json").exists()
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
+    with torch.no_grad():
+        assert float((merged(x).logits - peft_logits).abs().max()) < 1e-4
+    res = cli("merge", out, "--output", merged_dir)
+    assert res.exit_code == 2 and "--force" in res.stderr
+
+    # seeded sampling repeats itself; a file of prompts is generated in order
+    args = ("generate", out, "--prompt", "Name a color.", "--sample", "--seed", "7", "--max-new-tokens", "6")
+    first, second = cli(*args), cli(*args)
+    assert first.exit_code == 0, first.output
+    assert first.stdout.strip() and first.stdout == second.stdout
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"instruction": "Name a color.", "input": ""},
+                                                 {"instruction": "Give the opposite of the word.", "input": "up"},
+                                                 {"instruction": "Say hi."}])
+    res = cli("generate", merged_dir, "--input", prompts, "--output", tmp_path / "g.jsonl",
+              "--set", "generation.max_new_tokens=3")
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in (tmp_path / "g.jsonl").read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == ["Name a color.", "Give the opposite of the word.", "Say hi."]
+    assert rows[1]["input"] == "up" and all(isinstance(r["generation"], str) for r in rows)
+
+
+def test_chat_data_and_templates(tiny_llama: Path, tmp_path: Path, cli) -> None:
+    bare = tmp_path / "no-template"
+    shutil.copytree(tiny_llama, bare)
+    (bare / "chat_template.jinja").unlink()
+    cfg = json.loads((bare / "tokenizer_config.json").read_text())
+    cfg.pop("chat_template", None)
+    (bare / "tokenizer_config.json").write_text(json.dumps(cfg))
+    convs = [[{"role": "user", "content": f"What is {i} plus {i}?"}, {"role": "assistant", "content": str(2 * i)}]
+             for i in range(12)]
+    data = write_jsonl(tmp_path / "chat.jsonl", [{"messages": m} for m in convs])
+    base = {"data__dataset": None, "data__train_file": str(data), "data__format": "chat", "data__val_size": 4,
+            "train__max_steps": 2}
+    res = cli("finetune", write_recipe(tmp_path / "a.yaml", bare, tmp_path / "a", **base))
+    assert res.exit_code == 2 and "data.template" in res.stderr
+    res = cli("finetune", write_recipe(tmp_path / "b.yaml", bare, tmp_path / "b", data__template="plain", **base))
+    assert res.exit_code == 0, res.output
+    assert "### Assistant:" in (tmp_path / "b" / "chat_template.jinja").read_text()  # kept for generation
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"messages": convs[0]}, {"messages": [{"role": "user"}]}])
+    res = cli("validate", write_recipe(tmp_path / "c.yaml", tiny_llama, tmp_path / "c",
+                                       **{**base, "data__train_file": str(bad)}))
+    assert res.exit_code == 2 and "row 2" in res.stderr and "turn 1" in res.stderr
+
+
+def test_plain_text_is_cut_into_windows(tiny_llama: Path, tmp_path: Path, cli) -> None:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    text = "The quick brown fox jumps over the lazy dog. " * 6
+    full = tok(text)["input_ids"] + [tok.eos_token_id]
+    windows = clm.text_chunks(tok, text, 16)
+    assert [i for ids, _ in windows for i in ids] == full and all(len(ids) <= 16 for ids, _ in windows)
+    assert all(labels == [-100] + ids[1:] for ids, labels in windows)
+    data = write_jsonl(tmp_path / "t.jsonl", [{"body": text * (i % 3 + 1)} for i in range(10)])
+    out = tmp_path / "text"
+    res = cli("finetune", write_recipe(tmp_path / "t.yaml", tiny_llama, out, data__dataset=None, data__format="text",
+                                       data__train_file=str(data), data__text_column="body", data__val_size=2,
+                                       train__max_seq_length=32, train__max_steps=2))
+    assert res.exit_code == 0, res.output
+    preds = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(preds) == 2 and all(p["loss"] > 0 for p in preds)
+
+
+def test_qlora_on_cpu_is_a_clear_error(tiny_llama: Path, tmp_path: Path, cli) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is present")
+    res = cli("finetune", write_recipe(tmp_path / "q.yaml", tiny_llama, tmp_path / "q", lora__load_in_4bit=True))
+    assert res.exit_code == 2 and "needs a CUDA GPU" in res.stderr
+
+
+def test_smollm2_end_to_end(tmp_path: Path, cli) -> None:
+    """The shipped recipe on the real SmolLM2-135M-Instruct, a couple of short steps."""
+    from llmtune.recipe import builtin_recipe
+
+    out = tmp_path / "smol"
+    res = cli("finetune", builtin_recipe("lora_instruct"), f"train.output_dir={out}", "train.max_steps=2",
+              "train.per_device_train_batch_size=2", "train.max_seq_length=64", "data.max_train_samples=4",
+              "data.max_eval_samples=4")
+    assert res.exit_code == 0, res.output
+    results = json.loads((out / "all_results.json").read_text())
+    assert 0 < results["eval_loss"] < 6  # a trained model: far below log(vocab) = 10.8
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    assert cfg["base_model_name_or_path"].endswith(".gguf") and cfg["peft_type"] == "LORA"
+    assert (out / "adapter_model.safetensors").stat().st_size < 20_000_000  # adapter only (base is ~540 MB)
