@@ -195,6 +195,23 @@ def _fingerprint(recipe: Recipe, train_ds: Any, lengths: list[int], processes: i
     }
 
 
+def _is_peft(model: Any) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:
+        return False
+    return isinstance(model, PeftModel)
+
+
+def _keep_trainable(models: list[Any], weights: list[dict[str, Any]], output_dir: str) -> None:
+    """Checkpoints of an adapter run hold the trainable weights only: the frozen base (hundreds of MB) is
+    the same in every checkpoint and is rebuilt from model.name on resume."""
+    for model, state_dict in zip(models, weights, strict=True):
+        trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+        for key in [k for k in state_dict if k not in trainable]:
+            del state_dict[key]
+
+
 def _check_resume_compatible(saved: dict[str, str], now: dict[str, str], ckpt: Path) -> None:
     what = {"model": "the model or LoRA settings", "data": "training data (rows or columns)",
             "batches": "the global batch size, accumulation, seed or length grouping"}
@@ -323,11 +340,14 @@ def finetune(recipe: Recipe, console: Any = None) -> dict[str, Any]:
     model, optimizer, train_loader, ev_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, ev_loader, scheduler)
 
+    adapter_only = _is_peft(accelerator.unwrap_model(model))
+    if adapter_only:
+        accelerator.register_save_state_pre_hook(_keep_trainable)
     state = TrainerState(fingerprint=_fingerprint(recipe, train_ds, lengths, n))
     if resume_from is not None:
         saved = TrainerState.from_file(resume_from / "trainer_state.json")
         _check_resume_compatible(saved.fingerprint, state.fingerprint, resume_from)
-        accelerator.load_state(str(resume_from))
+        accelerator.load_state(str(resume_from), **({"strict": False} if adapter_only else {}))
         saved.fingerprint = state.fingerprint
         state = saved
         say(f"[bold]Resuming[/] from {resume_from} (step {state.global_step})")
@@ -520,7 +540,7 @@ def finetune(recipe: Recipe, console: Any = None) -> dict[str, Any]:
     if t.load_best_model_at_end and state.best_step is not None and state.best_step != state.global_step:
         best = out / f"checkpoint-{state.best_step}"
         if best.exists():
-            accelerator.load_state(str(best))
+            accelerator.load_state(str(best), **({"strict": False} if adapter_only else {}))
             say(f"loaded the best model (step {state.best_step}, {metric_name} {state.best_metric:.4f})")
             last_eval, last_records = run_eval()
     train_loss = state.train_loss_sum / max(state.train_loss_count, 1)

@@ -292,3 +292,29 @@ def test_smollm2_end_to_end(tmp_path: Path, cli) -> None:
     cfg = json.loads((out / "adapter_config.json").read_text())
     assert cfg["base_model_name_or_path"].endswith(".gguf") and cfg["peft_type"] == "LORA"
     assert (out / "adapter_model.safetensors").stat().st_size < 20_000_000  # adapter only (base is ~540 MB)
+
+
+def test_adapter_checkpoints_hold_the_adapter_only_and_resume_exactly(tiny_llama: Path, tmp_path: Path, cli) -> None:
+    import shutil
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    ref, cut = tmp_path / "ref", tmp_path / "cut"
+    extra = {"train__max_steps": 4, "train__save_steps": 2, "train__eval_steps": 4, "train__save_total_limit": 5}
+    for out in (ref, cut):
+        res = cli("finetune", write_recipe(tmp_path / f"{out.name}.yaml", tiny_llama, out, **extra))
+        assert res.exit_code == 0, res.output
+    with safe_open(cut / "checkpoint-2" / "model.safetensors", "pt") as f:
+        keys = list(f.keys())
+    assert keys and all("lora_" in k for k in keys), keys[:5]  # the frozen base is not copied into checkpoints
+    # what a kill right after checkpoint-2 leaves behind, then the same command again
+    for p in cut.iterdir():
+        if p.name not in ("checkpoint-2", "recipe.yaml", "run_info.json", "log.jsonl"):
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    res = cli("finetune", tmp_path / "cut.yaml")
+    assert res.exit_code == 0, res.output
+    a, b = load_file(ref / "adapter_model.safetensors"), load_file(cut / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(float((a[k] - b[k]).abs().max()) <= 1e-6 for k in a)
+    ra, rb = (json.loads((d / "all_results.json").read_text()) for d in (ref, cut))
+    assert abs(ra["eval_loss"] - rb["eval_loss"]) <= 1e-6 and ra["base_eval_loss"] == rb["base_eval_loss"]
