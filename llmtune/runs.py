@@ -156,10 +156,13 @@ def plot_loss(log_rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def model_card(recipe_yaml: str, results: dict[str, Any], info: dict[str, Any], task: str, model_name: str) -> str:
+def model_card(recipe_yaml: str, results: dict[str, Any], info: dict[str, Any], task: str, model_name: str,
+               adapter: bool = False) -> str:
     rows = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in results.items())
+    load = ("a PEFT adapter: load it with `PeftModel.from_pretrained(base, this_folder)`, or merge it with "
+            "`llmtune merge`" if adapter else "load it with `from_pretrained` on this folder")
     return f"""---
-library_name: transformers
+library_name: {"peft" if adapter else "transformers"}
 tags: [llmtune, {task}]
 base_model: {model_name}
 ---
@@ -180,5 +183,5 @@ llmtune commit `{info.get("git_hash")}`; versions: {", ".join(f"{k} {v}" for k, 
 ```yaml
 {recipe_yaml}```
 
-Load it with `from_pretrained` on this folder, or `llmtune predict` / `llmtune eval --model` on it.
+This is {load}; `llmtune predict` and `llmtune eval --model` take the folder as it is.
 """

@@ -609,7 +609,7 @@ def write_final(out: Path, model: Any, tokenizer: Any, recipe: Recipe, info: dic
     run_info = json.loads((out / "run_info.json").read_text()) if (out / "run_info.json").exists() else {}
     card = runs.model_card(recipe.to_yaml(), {k: v for k, v in all_results.items()
                                               if isinstance(v, (int, float))}, run_info, recipe.task,
-                           recipe.model.name or "")
+                           recipe.model.name or "", adapter=(tmp / "adapter_config.json").exists())
     (tmp / "README.md").write_text(card, encoding="utf-8")
     # move every file into place, then the marker: a kill before the marker leaves an unfinished run
     for p in tmp.iterdir():
