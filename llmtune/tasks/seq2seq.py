@@ -1,0 +1,391 @@
+"""Summarization and translation with any encoder-decoder (`AutoModelForSeq2SeqLM`: T5, BART, mT5, Marian...).
+
+Training is teacher-forced: labels are the target's token ids, padded with -100 so padding never counts in the
+loss, and the model builds `decoder_input_ids` by shifting the labels right (DataCollatorForSeq2Seq asks it to).
+Evaluation is generate-then-score: eval loss on the labels, then batched, length-sorted generation of every eval
+row (each exactly once across processes) scored against all of its references.
+
+A target cell may be a string or a list of reference strings: training uses the first, scoring uses them all.
+Metric signatures (sacreBLEU's for bleu/chrf) do not depend on the predictions, so setup() computes them and they
+are written to the run's llmtune_info.json under `metric_signatures` (evaluate() returns floats only).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from llmtune.data import Split, as_text, references_of, require_column
+from llmtune.errors import LlmtuneError
+from llmtune.recipe import Recipe
+from llmtune.tasks import EvalContext
+
+logger = logging.getLogger("llmtune")
+
+# The loop's default for picking the best checkpoint. One module serves two tasks whose main metrics differ
+# (rougeL, bleu), and eval loss exists for both; set train.metric_for_best_model=rougeL (or bleu) to use those.
+DEFAULT_METRIC = "loss"
+GREATER_IS_BETTER = False
+
+DEFAULT_METRICS = {"summarization": ["rouge"], "translation": ["bleu", "chrf"]}
+TEXT_METRICS = ("rouge", "bleu", "chrf", "ter", "exact_match")
+# column pairs that summarization datasets commonly use, tried when data.source_column/target_column are unset
+SUMMARIZATION_COLUMNS = [("document", "summary"), ("article", "highlights"), ("text", "summary"),
+                         ("dialogue", "summary"), ("source", "target")]
+# model types pretrained with T5's multi-task prefixes ("summarize: ", "translate English to German: ")
+T5_FAMILY = ("t5", "mt5", "umt5", "longt5")
+# the first 3 of MiniLM's 6 layers decode: as good as all 6 on the bundled data, at 2/3 of the cost per step
+BERT2BERT_DECODER_LAYERS = 3
+LANGUAGES = {"en": "English", "de": "German", "fr": "French", "ro": "Romanian", "es": "Spanish", "it": "Italian",
+             "nl": "Dutch", "pt": "Portuguese", "ru": "Russian", "zh": "Chinese", "ja": "Japanese", "cs": "Czech",
+             "fi": "Finnish", "tr": "Turkish", "et": "Estonian", "lv": "Latvian", "hi": "Hindi"}
+
+
+# ---- which cells hold the source and the target ---------------------------------------------------
+
+
+def _fields(recipe: Recipe, columns: list[str], split: Split | None = None) -> dict[str, str | None]:
+    """Source and target columns; `*_key` is set when a column holds {lang: text} dicts (hub translation sets)."""
+    d = recipe.data
+    if d.source_column or d.target_column:
+        return {"source_column": d.source_column, "source_key": None,
+                "target_column": d.target_column, "target_key": None}
+    if recipe.task == "translation":
+        if "translation" in columns:  # wmt16, opus_books...: one column of {"en": ..., "de": ...}
+            return {"source_column": "translation", "source_key": d.source_lang,
+                    "target_column": "translation", "target_key": d.target_lang}
+        return {"source_column": d.source_lang, "source_key": None, "target_column": d.target_lang, "target_key": None}
+    for src, tgt in SUMMARIZATION_COLUMNS:
+        if src in columns and (tgt in columns or (split is not None and split.name == "test")):
+            return {"source_column": src, "source_key": None, "target_column": tgt, "target_key": None}
+    where = f" (columns in {split.origin}: {', '.join(columns)})" if split is not None else ""
+    raise LlmtuneError(f"data.source_column and data.target_column are not set and the data has none of the usual "
+                       f"pairs ({', '.join('/'.join(p) for p in SUMMARIZATION_COLUMNS)}){where}")
+
+
+def _cell(value: Any, key: str | None) -> Any:
+    return value.get(key) if key is not None and isinstance(value, dict) else value
+
+
+def source_text(value: Any, key: str | None = None) -> str | None:
+    """A source cell as text: a string, or a list of strings (sentences) joined with spaces."""
+    return as_text(_cell(value, key))
+
+
+def references(value: Any, key: str | None = None) -> list[str]:
+    """A target cell as its list of references (one string, or a list of strings)."""
+    return references_of(_cell(value, key))
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    kind = "a number" if isinstance(value, (int, float)) and not isinstance(value, bool) else type(value).__name__
+    return f"{kind} ({str(value)[:60]!r})"
+
+
+def validate(recipe: Recipe, split: Split) -> None:
+    names = split.dataset.column_names
+    f = _fields(recipe, names, split)
+    src, tgt = f["source_column"], f["target_column"]
+    src_key = "data.source_column" if recipe.data.source_column or recipe.task != "translation" else "data.source_lang"
+    tgt_key = "data.target_column" if recipe.data.target_column or recipe.task != "translation" else "data.target_lang"
+    require_column(split, src, src_key)
+    for i, value in enumerate(split.dataset[src]):
+        text = source_text(value, f["source_key"])
+        if text is None:
+            raise LlmtuneError(f"{split.origin}: row {i + 1}: source column '{src}' ({src_key}) holds "
+                               f"{_describe(_cell(value, f['source_key']))}, expected text or a list of texts")
+        if not text.strip():
+            raise LlmtuneError(f"{split.origin}: row {i + 1}: source column '{src}' ({src_key}) is an empty text")
+    if split.name == "test" and (tgt is None or tgt not in names):
+        return  # an unlabelled test split can still be predicted
+    require_column(split, tgt, tgt_key)
+    for i, value in enumerate(split.dataset[tgt]):
+        cell = _cell(value, f["target_key"])
+        refs = references(value, f["target_key"])
+        ok = isinstance(cell, str) or (isinstance(cell, list) and len(refs) == len(cell))
+        if not ok or not refs:
+            raise LlmtuneError(f"{split.origin}: row {i + 1}: target column '{tgt}' ({tgt_key}) holds "
+                               f"{_describe(cell)}, expected a text or a list of reference texts")
+        for r in refs:
+            if not r.strip():
+                raise LlmtuneError(f"{split.origin}: row {i + 1}: target column '{tgt}' ({tgt_key}) has an empty "
+                                   "reference text")
+
+
+# ---- setup: prefix, metrics, signatures ----------------------------------------------------------
+
+
+def model_config(recipe: Recipe) -> dict[str, Any]:
+    """The model's config.json as a dict, without loading weights (empty when it cannot be read)."""
+    from llmtune.models import read_config, resolve
+
+    resolved = resolve(recipe.model)
+    if resolved.is_local:
+        return read_config(resolved.path)
+    try:
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(resolved.path, trust_remote_code=recipe.model.trust_remote_code).to_dict()
+    except Exception:  # an unreachable hub id fails with a clear message when the model loads
+        return {}
+
+
+def decoder_start(configured: int | None, tokenizer: Any) -> int | None:
+    """The model's decoder start token; encoders turned into decoders (BERT) have none: use BOS, else CLS, else PAD."""
+    if configured is not None:
+        return configured
+    return next((t for t in (tokenizer.bos_token_id, tokenizer.cls_token_id, tokenizer.pad_token_id)
+                 if t is not None), None)
+
+
+def source_prefix(recipe: Recipe, kind: str | None) -> str:
+    """data.source_prefix; for T5-family models with none given, T5's own task prefix (with a warning)."""
+    d = recipe.data
+    if d.source_prefix is not None:
+        return d.source_prefix
+    if kind not in T5_FAMILY:
+        return ""
+    if recipe.task == "summarization":
+        prefix = "summarize: "
+    else:
+        src, tgt = (LANGUAGES.get(x or "", x or "?") for x in (d.source_lang, d.target_lang))
+        prefix = f"translate {src} to {tgt}: "
+    logger.warning("data.source_prefix is not set; using %r, the prefix %s models were pretrained with "
+                   "(set data.source_prefix=\"\" for none)", prefix, kind)
+    return prefix
+
+
+def metric_names(recipe: Recipe) -> list[str]:
+    names = recipe.eval.metrics or DEFAULT_METRICS[recipe.task]
+    for name in names:
+        if name not in TEXT_METRICS:
+            import difflib
+
+            close = difflib.get_close_matches(name, TEXT_METRICS, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise LlmtuneError(f"eval.metrics: '{name}' is not a metric for {recipe.task}{hint}; "
+                               f"choose from {', '.join(TEXT_METRICS)}")
+    return list(names)
+
+
+def setup(recipe: Recipe, splits: dict[str, Split], tokenizer: Any) -> dict[str, Any]:
+    from llmtune import metrics as metrics_mod
+
+    eval_split = splits["eval"]
+    f = _fields(recipe, eval_split.dataset.column_names, eval_split)
+    cfg = model_config(recipe)
+    kind = cfg.get("model_type")
+    names = metric_names(recipe)
+    refs = [references(v, f["target_key"]) for v in eval_split.dataset[f["target_column"]]]
+    signatures = {name: metrics_mod.signature(name, refs) for name in names}
+    for name, sig in signatures.items():
+        logger.info("%s signature: %s", name, sig)
+    return {**f, "source_prefix": source_prefix(recipe, kind), "model_type": kind,
+            "label_drop_leading": leading_ids_to_drop(decoder_start(cfg.get("decoder_start_token_id"), tokenizer),
+                                                      tokenizer), "metrics": names,
+            "metric_signatures": signatures, "source_lang": recipe.data.source_lang,
+            "target_lang": recipe.data.target_lang}
+
+
+# ---- tokenize, model, collator --------------------------------------------------------------------
+
+
+def _encode(batch: dict[str, list[Any]], tokenizer: Any, source_column: str, source_key: str | None,
+            target_column: str | None, target_key: str | None, prefix: str, max_source_length: int,
+            max_target_length: int, drop_leading: list[int]) -> dict[str, Any]:
+    sources = [prefix + (source_text(v, source_key) or "") for v in batch[source_column]]
+    # no token_type_ids: BERT-style tokenizers return them and T5 has no such input
+    enc = tokenizer(sources, max_length=max_source_length, truncation=True, return_token_type_ids=False)
+    if target_column is not None:
+        first = [references(v, target_key)[0] for v in batch[target_column]]  # train on the first reference
+        # text_target: tokenizers with a separate target vocabulary (Marian) switch to it
+        labels = tokenizer(text_target=first, max_length=max_target_length, truncation=True,
+                           return_token_type_ids=False)["input_ids"]
+        labels = [x[1:] if len(x) > 1 and x[0] in drop_leading else x for x in labels]
+        enc["labels"] = labels
+    return enc
+
+
+def tokenize(recipe: Recipe, tokenizer: Any, split: Split, info: dict[str, Any]) -> Any:
+    ds = split.dataset
+    target = info["target_column"] if info["target_column"] in ds.column_names else None
+    return ds.map(
+        _encode,
+        batched=True,
+        remove_columns=ds.column_names,
+        fn_kwargs={"tokenizer": tokenizer, "source_column": info["source_column"], "source_key": info["source_key"],
+                   "target_column": target, "target_key": info["target_key"], "prefix": info["source_prefix"],
+                   "max_source_length": recipe.train.max_source_length,
+                   "max_target_length": recipe.train.max_target_length,
+                   "drop_leading": info.get("label_drop_leading") or []},
+        desc=f"Tokenizing {split.name}",
+    )
+
+
+def leading_ids_to_drop(start: int | None, tokenizer: Any) -> list[int]:
+    """Tokens that must not open a label sequence.
+
+    BERT-style tokenizers open every text with [CLS] (and have no BOS). As a label it teaches the model nothing
+    (it is always first), and when it is also the decoder start (BERT2BERT) the model learns "after [CLS] comes
+    [CLS]" and generates nothing else. BART's <s> is a real BOS and stays, as BART was pretrained with it.
+    """
+    drop = [start] if start is not None else []
+    if tokenizer.bos_token_id is None and tokenizer.cls_token_id is not None:
+        drop.append(tokenizer.cls_token_id)
+    return sorted(set(drop))
+
+
+def fix_special_tokens(model: Any, tokenizer: Any) -> None:
+    """Fill in the decoder start, pad and end tokens that encoder-decoders built from encoders lack.
+
+    An EncoderDecoderModel warm-started from BERT has none of them; without a decoder start token it cannot shift
+    labels right, and without an end token generation never stops before max_new_tokens.
+    """
+    cfg, gen = model.config, model.generation_config
+    pad = tokenizer.pad_token_id
+    start = decoder_start(getattr(cfg, "decoder_start_token_id", None), tokenizer)
+    eos = next((t for t in (gen.eos_token_id, getattr(cfg, "eos_token_id", None), tokenizer.eos_token_id,
+                            tokenizer.sep_token_id) if t is not None), None)
+    # EncoderDecoderConfig has none of these attributes until they are set
+    for obj, key, value in ((cfg, "pad_token_id", pad), (cfg, "decoder_start_token_id", start), (cfg, "eos_token_id", eos),
+                            (gen, "pad_token_id", pad), (gen, "decoder_start_token_id", start), (gen, "eos_token_id", eos)):
+        if getattr(obj, key, None) is None:
+            setattr(obj, key, value)
+
+
+def bert2bert(path: str, decoder_layers: int = BERT2BERT_DECODER_LAYERS) -> Any:
+    """An EncoderDecoderModel warm-started from one BERT checkpoint (Rothe et al., 2020).
+
+    The encoder is the whole checkpoint; the decoder is its first `decoder_layers` layers run causally, plus
+    cross-attention (new, random: the seed decides it) and an LM head tied to the decoder's word embeddings.
+    """
+    from transformers import EncoderDecoderModel
+
+    return EncoderDecoderModel.from_encoder_decoder_pretrained(path, path, decoder_num_hidden_layers=decoder_layers)
+
+
+def load_model(recipe: Recipe, tokenizer: Any, info: dict[str, Any]) -> Any:
+    from transformers import AutoModelForSeq2SeqLM
+
+    from llmtune.models import BERT2BERT_ALIAS, resolve
+    from llmtune.models import load_model as load
+
+    resolved = resolve(recipe.model)
+    if resolved.alias == BERT2BERT_ALIAS:
+        model = bert2bert(resolved.path)
+    else:
+        model = load(AutoModelForSeq2SeqLM, recipe.model, resolved)
+    fix_special_tokens(model, tokenizer)
+    return model
+
+
+def collator(recipe: Recipe, tokenizer: Any, model: Any) -> Any:
+    from transformers import DataCollatorForSeq2Seq
+
+    # model=: the collator asks the model to shift the labels into decoder_input_ids (its own start token)
+    return DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100)
+
+
+# ---- evaluation ----------------------------------------------------------------------------------
+
+
+def score(names: list[str], predictions: list[str], refs: list[list[str]]) -> dict[str, float]:
+    from llmtune import metrics as metrics_mod
+
+    out: dict[str, float] = {}
+    for name in names:
+        out.update(metrics_mod.compute(name, predictions, refs))
+    return out
+
+
+def generated_length(tokenizer: Any, texts: list[str]) -> float:
+    """Mean length of the generated texts in tokens (special tokens excluded)."""
+    if not texts:
+        return 0.0
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return sum(len(x) for x in ids) / len(ids)
+
+
+def _eval_loss(ctx: EvalContext) -> float | None:
+    """Token-weighted mean cross-entropy over all eval labels (each row once, however many processes)."""
+    import torch
+
+    acc, model = ctx.accelerator, ctx.model
+    model.eval()
+    nll_sum, tok_sum = 0.0, 0
+    with torch.no_grad():
+        for batch in ctx.loader:
+            batch.pop("idx", None)
+            labels = batch.get("labels")
+            if labels is None:
+                return None
+            logits = model(**batch).logits.float()
+            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100,
+                                                    reduction="none").sum(1)
+            ntok = (labels != -100).sum(1)
+            # per row, so gather_for_metrics can drop the rows repeated to even out the last batch
+            nll, ntok = acc.gather_for_metrics((nll, ntok))
+            nll_sum += float(nll.double().sum())
+            tok_sum += int(ntok.sum())
+    model.train()
+    return nll_sum / max(tok_sum, 1)
+
+
+def evaluate(ctx: EvalContext) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    from llmtune.generate import generate_texts
+
+    recipe, info = ctx.recipe, ctx.info
+    rows = ctx.split.dataset
+    sources = [source_text(v, info["source_key"]) or "" for v in rows[info["source_column"]]]
+    refs = [references(v, info["target_key"]) for v in rows[info["target_column"]]]
+    metrics: dict[str, float] = {}
+    loss = _eval_loss(ctx)
+    if loss is not None:
+        metrics["loss"] = loss
+    records: list[dict[str, Any]] = [{"source": s, "references": r} for s, r in zip(sources, refs, strict=True)]
+    if not recipe.generate_in_eval:
+        return metrics, records
+    prefix = info["source_prefix"]
+    predictions = generate_texts(ctx.accelerator.unwrap_model(ctx.model), ctx.tokenizer, [prefix + s for s in sources],
+                                 recipe.generation, batch_size=recipe.train.per_device_eval_batch_size,
+                                 max_input_length=recipe.train.max_source_length, accelerator=ctx.accelerator)
+    # every process holds all predictions (gathered), so every process computes the same metrics: the loop's
+    # best-checkpoint bookkeeping must agree across processes
+    metrics.update(score(info["metrics"], predictions, refs))
+    metrics["gen_len"] = generated_length(ctx.tokenizer, predictions)
+    for rec, pred in zip(records, predictions, strict=True):
+        rec["prediction"] = pred
+    return metrics, records
+
+
+# ---- predict -------------------------------------------------------------------------------------
+
+
+def predict_run(run_dir: Path, recipe: Recipe | None, texts: list[str], batch_size: int = 32) -> list[dict[str, Any]]:
+    """Generate for new sources with the run's prefix and generation settings (`--set generation.KEY=VALUE`)."""
+    import torch
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    from llmtune.generate import generate_texts
+    from llmtune.recipe import GenerationArgs
+
+    info_path = run_dir / "llmtune_info.json"
+    info = json.loads(info_path.read_text()) if info_path.exists() else {}
+    prefix = info.get("source_prefix") or ""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(run_dir))
+        model = AutoModelForSeq2SeqLM.from_pretrained(str(run_dir))
+    except (OSError, ValueError) as e:
+        raise LlmtuneError(f"{run_dir}: cannot load a seq2seq model and tokenizer: {str(e).splitlines()[0]}") from e
+    fix_special_tokens(model, tokenizer)
+    if torch.cuda.is_available():
+        model = model.to("cuda")
+    g = recipe.generation if recipe is not None else GenerationArgs()
+    max_len = recipe.train.max_source_length if recipe is not None else 512
+    preds = generate_texts(model, tokenizer, [prefix + t for t in texts], g, batch_size=batch_size,
+                           max_input_length=max_len)
+    return [{"source": t, "prediction": p} for t, p in zip(texts, preds, strict=True)]
