@@ -439,3 +439,27 @@ def generate(
         console.print(f"wrote {len(rows)} generations to {output}")
     else:
         sys.stdout.write("\n".join(lines) + "\n")
+
+
+@app.command()
+@handle_errors
+def benchmark(
+    workloads: Annotated[list[str] | None, typer.Option("--workloads", "-w", help="classification, summarization, "
+                                                        "causal_lm, generation, metrics; repeat or comma-separate "
+                                                        "(default: all)")] = None,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Local copies of SST-2, SciTLDR, GSM8K, Multi30k "
+                                                  "(else the hub, else llmtune's bundled data).")] = None,
+    scale: Annotated[str, typer.Option("--scale", help="tiny (a smoke test), small (under 30 min on 2 CPU cores) "
+                                       "or full.")] = "small",
+    repeats: Annotated[int | None, typer.Option("--repeats", help="Runs per side (default 3; 1 at tiny scale).")] = None,
+    output_dir: Annotated[Path, typer.Option("--output-dir", help="Results go to OUTPUT_DIR/<date>-<host>/.")] = Path(
+        "benchmarks/results"),
+    threads: Annotated[int | None, typer.Option("--threads", help="Threads for both sides (default: all CPUs).")] = None,
+) -> None:
+    """Run each workload with llmtune and with the Hugging Face reference scripts; write a report."""
+    from llmtune.benchmark.runner import run_benchmark
+
+    out = run_benchmark(workloads=workloads, data_dir=data_dir, scale=scale, repeats=repeats, output_root=output_dir,
+                        threads=threads, console=console)
+    console.print((out / "results.md").read_text(encoding="utf-8"), markup=False, highlight=False)
+    console.print(f"results: [bold]{out}[/] (results.json, results.md, throughput_ratio.png, loss_curves.png)")

@@ -1,0 +1,332 @@
+"""The reference side: each workload written the way a user of the Hugging Face example scripts runs it.
+
+    classification  examples/pytorch/text-classification/run_glue.py (train, save, evaluate)
+    summarization   examples/pytorch/summarization/run_summarization.py (--predict_with_generate)
+    causal_lm       Trainer + PEFT LoRA on prompt/completion pairs with the prompt masked, as in PEFT's examples
+    generation      run_summarization.py --do_predict --predict_with_generate (Seq2SeqTrainer.predict)
+    metrics         a loop over rouge_score's RougeScorer, then one sacrebleu.corpus_bleu call
+
+`ref_default` keeps the example scripts' defaults where they differ from good practice; `ref_tuned` is what a
+careful user of the same scripts would switch on:
+
+    classification  default: run_glue pads every example to max_seq_length (--pad_to_max_length is True)
+                    tuned:   dynamic padding (DataCollatorWithPadding) + group_by_length
+    summarization   default: run_summarization already pads per batch; random batches
+                    tuned:   + group_by_length
+    causal_lm       default: every example padded to max_seq_length (padding="max_length"), as PEFT's examples do
+                    tuned:   dynamic padding + group_by_length
+    generation      default: predict() on the labelled rows in file order (it also computes the loss)
+                    tuned:   unlabelled rows sorted longest first (generation only, little padding)
+
+What makes the comparison fair: both sides load the same model folder (the same initial weights) and read the
+same data files; every number below comes from the workload's one `hp` dict (batch sizes, optimizer steps,
+learning rate, linear schedule without warm-up, weight decay 0, maximum lengths, generation length); seeds are
+equal per repeat; the optimizer is the Trainer's default fused AdamW, as llmtune's; no checkpoints are written
+mid-run on either side; the runner gives both sides the same threads. Non-padding tokens are counted as the sum of
+attention_mask over the batches trained (`include_num_input_tokens_seen="non_padding"`), as llmtune counts them.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+IGNORE = -100
+
+
+def training_args(hp: dict[str, Any], seed: int, out: Path, tuned: bool, seq2seq: bool = False, **extra: Any) -> Any:
+    from transformers import Seq2SeqTrainingArguments, TrainingArguments
+
+    cls = Seq2SeqTrainingArguments if seq2seq else TrainingArguments
+    return cls(
+        output_dir=str(out),
+        max_steps=hp["max_steps"],
+        per_device_train_batch_size=hp["batch_size"],
+        per_device_eval_batch_size=hp.get("eval_batch_size", 32),
+        learning_rate=hp["learning_rate"],
+        weight_decay=0.0,
+        lr_scheduler_type="linear",
+        warmup_steps=0,
+        logging_steps=hp["logging_steps"],
+        seed=seed,
+        train_sampling_strategy="group_by_length" if tuned else "random",  # --group_by_length
+        include_num_input_tokens_seen="non_padding",
+        eval_strategy="no",
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        **extra,
+    )
+
+
+def trainer_figures(trainer: Any, train_result: Any) -> dict[str, Any]:
+    m = train_result.metrics
+    return {
+        "train_runtime": m["train_runtime"],
+        "train_samples_per_second": m["train_samples_per_second"],
+        "train_tokens_per_second": trainer.state.num_input_tokens_seen / m["train_runtime"],
+        "global_step": trainer.state.global_step,
+        "train_loss": m["train_loss"],
+        "loss_curve": [[h["step"], h["loss"]] for h in trainer.state.log_history if "loss" in h],
+    }
+
+
+# ---- 1. classification: run_glue.py ----------------------------------------------------------------------
+
+
+def classification(spec: dict[str, Any], variant: str, seed: int, out: Path) -> dict[str, Any]:
+    import numpy as np
+    from datasets import load_dataset
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        default_data_collator,
+        set_seed,
+    )
+
+    hp = spec["hp"]
+    pad_to_max_length = variant == "ref_default"  # run_glue.py: --pad_to_max_length defaults to True
+    set_seed(seed)
+    raw = load_dataset("json", data_files={"train": spec["data"]["train"], "validation": spec["data"]["eval"]})
+    label_list = sorted(raw["train"].unique("label"))
+    tokenizer = AutoTokenizer.from_pretrained(spec["model"])
+    model = AutoModelForSequenceClassification.from_pretrained(spec["model"], num_labels=len(label_list))
+    label_to_id = {v: i for i, v in enumerate(label_list)}
+    model.config.label2id = {str(v): i for v, i in label_to_id.items()}
+    model.config.id2label = {i: str(v) for v, i in label_to_id.items()}
+    padding = "max_length" if pad_to_max_length else False
+
+    def preprocess_function(examples: dict[str, list[Any]]) -> Any:
+        result = tokenizer(examples["text"], padding=padding, max_length=hp["max_seq_length"], truncation=True)
+        result["label"] = [label_to_id[label] for label in examples["label"]]
+        return result
+
+    raw = raw.map(preprocess_function, batched=True)
+
+    def compute_metrics(p: Any) -> dict[str, float]:
+        preds = np.argmax(p.predictions, axis=1)
+        return {"accuracy": float((preds == p.label_ids).astype(np.float32).mean())}
+
+    trainer = Trainer(
+        model=model,
+        args=training_args(hp, seed, out, tuned=not pad_to_max_length),
+        train_dataset=raw["train"],
+        eval_dataset=raw["validation"],
+        compute_metrics=compute_metrics,
+        processing_class=tokenizer,
+        data_collator=default_data_collator if pad_to_max_length else DataCollatorWithPadding(tokenizer),
+    )
+    train_result = trainer.train()
+    trainer.save_model()
+    metrics = trainer.evaluate()
+    return {**trainer_figures(trainer, train_result),
+            "quality": {"eval_accuracy": metrics["eval_accuracy"], "eval_loss": metrics["eval_loss"]}}
+
+
+# ---- 2. summarization: run_summarization.py --------------------------------------------------------------
+
+
+def summarization(spec: dict[str, Any], variant: str, seed: int, out: Path) -> dict[str, Any]:
+    import numpy as np
+    from datasets import load_dataset
+    from rouge_score import rouge_scorer
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSeq2Seq, Seq2SeqTrainer, set_seed
+
+    hp = spec["hp"]
+    set_seed(seed)
+    raw = load_dataset("json", data_files={"train": spec["data"]["train"], "validation": spec["data"]["eval"]})
+    tokenizer = AutoTokenizer.from_pretrained(spec["model"])
+    model = AutoModelForSeq2SeqLM.from_pretrained(spec["model"])
+    prefix = hp["source_prefix"]
+
+    def preprocess_function(examples: dict[str, list[Any]]) -> Any:
+        inputs = [prefix + inp for inp in examples["source"]]
+        model_inputs = tokenizer(inputs, max_length=hp["max_source_length"], padding=False, truncation=True)
+        labels = tokenizer(text_target=examples["target"], max_length=hp["max_target_length"], padding=False,
+                           truncation=True)
+        model_inputs["labels"] = labels["input_ids"]
+        return model_inputs
+
+    train_dataset = raw["train"].map(preprocess_function, batched=True, remove_columns=raw["train"].column_names)
+    eval_dataset = raw["validation"].map(preprocess_function, batched=True,
+                                         remove_columns=raw["validation"].column_names)
+    data_collator = DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=IGNORE)
+    # evaluate.load("rouge") fetches its script from the hub; its computation is this rouge_score loop
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL", "rougeLsum"], use_stemmer=True)
+    decoded: list[str] = []
+
+    def compute_metrics(eval_preds: Any) -> dict[str, float]:
+        preds, labels = eval_preds
+        preds = np.where(preds != IGNORE, preds, tokenizer.pad_token_id)
+        decoded_preds = [p.strip() for p in tokenizer.batch_decode(preds, skip_special_tokens=True)]
+        labels = np.where(labels != IGNORE, labels, tokenizer.pad_token_id)
+        decoded_labels = [x.strip() for x in tokenizer.batch_decode(labels, skip_special_tokens=True)]
+        decoded[:] = decoded_preds
+        scores = [scorer.score(ref, pred) for pred, ref in zip(decoded_preds, decoded_labels, strict=True)]
+        return {k: 100 * sum(s[k].fmeasure for s in scores) / len(scores) for k in ("rouge1", "rouge2", "rougeL")}
+
+    trainer = Seq2SeqTrainer(
+        model=model,
+        args=training_args(hp, seed, out, tuned=variant == "ref_tuned", seq2seq=True, predict_with_generate=True),
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        data_collator=data_collator,
+        compute_metrics=compute_metrics,
+    )
+    train_result = trainer.train()
+    trainer.save_model()
+    metrics = trainer.evaluate(max_new_tokens=hp["max_new_tokens"], num_beams=1, metric_key_prefix="eval")
+    return {**trainer_figures(trainer, train_result), "predictions": list(decoded),
+            "quality": {"eval_loss": metrics["eval_loss"]}}
+
+
+# ---- 3. causal_lm: Trainer + PEFT LoRA -------------------------------------------------------------------
+
+
+def causal_lm(spec: dict[str, Any], variant: str, seed: int, out: Path) -> dict[str, Any]:
+    import torch
+    from datasets import load_dataset
+    from peft import LoraConfig, get_peft_model
+    from torch.utils.data import DataLoader
+    from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, default_data_collator, set_seed
+
+    hp = spec["hp"]
+    max_len = hp["max_seq_length"]
+    pad_to_max_length = variant == "ref_default"
+    set_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(spec["model"])
+    tokenizer.padding_side = "right"
+    model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32)
+    model.config.use_cache = False
+    model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=hp["lora_r"], lora_alpha=hp["lora_alpha"],
+                                             lora_dropout=hp["lora_dropout"], target_modules="all-linear", bias="none"))
+
+    def preprocess(example: dict[str, Any]) -> dict[str, list[int]]:
+        # the chat template's prompt, then the answer and the end-of-turn token; only the answer is learnt
+        prompt = tokenizer.apply_chat_template([{"role": "user", "content": example["question"]}], tokenize=False,
+                                               add_generation_prompt=True)
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        answer_ids = tokenizer(example["answer"] + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+        input_ids = (prompt_ids + answer_ids)[:max_len]
+        labels = ([IGNORE] * len(prompt_ids) + answer_ids)[:max_len]
+        attention_mask = [1] * len(input_ids)
+        if pad_to_max_length:
+            pad = max_len - len(input_ids)
+            input_ids += [tokenizer.pad_token_id] * pad
+            attention_mask += [0] * pad
+            labels += [IGNORE] * pad
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+    raw = load_dataset("json", data_files={"train": spec["data"]["train"], "validation": spec["data"]["eval"]})
+    train_dataset = raw["train"].map(preprocess, remove_columns=raw["train"].column_names)
+    eval_dataset = raw["validation"].map(preprocess, remove_columns=raw["validation"].column_names)
+    collator = default_data_collator if pad_to_max_length else DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE)
+    trainer = Trainer(model=model, args=training_args(hp, seed, out, tuned=not pad_to_max_length),
+                      train_dataset=train_dataset, processing_class=tokenizer, data_collator=collator)
+    train_result = trainer.train()
+    trainer.save_model()
+
+    # eval loss per target token over all eval rows (Trainer.evaluate averages per batch instead)
+    model.eval()
+    nll, n_tokens = 0.0, 0
+    with torch.no_grad():
+        for batch in DataLoader(eval_dataset, batch_size=hp["eval_batch_size"], collate_fn=collator):
+            batch = {k: v.to(model.device) for k, v in batch.items()}
+            n = int((batch["labels"][:, 1:] != IGNORE).sum())
+            nll += float(model(**batch).loss) * n
+            n_tokens += n
+    return {**trainer_figures(trainer, train_result), "quality": {"eval_loss": nll / max(n_tokens, 1)}}
+
+
+# ---- 4. generation-based eval: Seq2SeqTrainer.predict(predict_with_generate) ------------------------------
+
+
+def generation(spec: dict[str, Any], variant: str, seed: int, out: Path) -> dict[str, Any]:
+    import numpy as np
+    from datasets import load_dataset
+    from transformers import (
+        AutoModelForSeq2SeqLM,
+        AutoTokenizer,
+        DataCollatorForSeq2Seq,
+        DataCollatorWithPadding,
+        Seq2SeqTrainer,
+        Seq2SeqTrainingArguments,
+    )
+
+    from llmtune.benchmark.workloads import generation_figures
+
+    hp = spec["hp"]
+    tuned = variant == "ref_tuned"
+    tokenizer = AutoTokenizer.from_pretrained(spec["model"])
+    model = AutoModelForSeq2SeqLM.from_pretrained(spec["model"])
+    args = Seq2SeqTrainingArguments(output_dir=str(out), per_device_eval_batch_size=hp["batch_size"],
+                                    predict_with_generate=True, report_to="none", disable_tqdm=True,
+                                    dataloader_num_workers=0)
+    # without labels there is nothing for DataCollatorForSeq2Seq to do but pad the inputs
+    collator = DataCollatorWithPadding(tokenizer) if tuned else \
+        DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=IGNORE)
+    trainer = Seq2SeqTrainer(model=model, args=args, processing_class=tokenizer, data_collator=collator)
+    raw = load_dataset("json", data_files={"test": spec["data"]["eval"]})["test"]
+
+    t0 = time.perf_counter()
+
+    def preprocess_function(examples: dict[str, list[Any]]) -> Any:
+        inputs = [hp["source_prefix"] + inp for inp in examples["source"]]
+        model_inputs = tokenizer(inputs, max_length=hp["max_source_length"], truncation=True)
+        if not tuned:  # run_summarization tokenizes the targets of a labelled test set too
+            model_inputs["labels"] = tokenizer(text_target=examples["target"], max_length=hp["max_new_tokens"],
+                                               truncation=True)["input_ids"]
+        return model_inputs
+
+    predict_dataset = raw.map(preprocess_function, batched=True, remove_columns=raw.column_names)
+    order = list(range(len(predict_dataset)))
+    if tuned:  # longest first, so each batch pads little; put back in file order after
+        order.sort(key=lambda i: -len(predict_dataset[i]["input_ids"]))
+        predict_dataset = predict_dataset.select(order)
+    results = trainer.predict(predict_dataset, metric_key_prefix="predict", max_new_tokens=hp["max_new_tokens"],
+                              num_beams=1)
+    preds = np.where(results.predictions != IGNORE, results.predictions, tokenizer.pad_token_id)
+    texts = [p.strip() for p in tokenizer.batch_decode(preds, skip_special_tokens=True,
+                                                       clean_up_tokenization_spaces=True)]
+    predictions = [""] * len(texts)
+    for i, text in zip(order, texts, strict=True):
+        predictions[i] = text
+    return generation_figures(predictions, tokenizer, time.perf_counter() - t0)
+
+
+# ---- 5. metric scoring: rouge_score and sacrebleu ---------------------------------------------------------
+
+
+def metrics(spec: dict[str, Any], variant: str, seed: int, out: Path) -> dict[str, Any]:
+    import json
+
+    import sacrebleu
+    from rouge_score import rouge_scorer
+
+    with open(spec["data"]["pairs"], encoding="utf-8") as f:
+        pairs = [json.loads(line) for line in f]
+    preds, refs = [p["prediction"] for p in pairs], [p["reference"] for p in pairs]
+    keys = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+    t0 = time.perf_counter()
+    scorer = rouge_scorer.RougeScorer(list(keys), use_stemmer=True)
+    scores = [scorer.score(ref, pred) for pred, ref in zip(preds, refs, strict=True)]
+    quality = {k: 100 * sum(s[k].fmeasure for s in scores) / len(scores) for k in keys}
+    t1 = time.perf_counter()
+    quality["bleu"] = sacrebleu.corpus_bleu(preds, [refs]).score
+    t2 = time.perf_counter()
+    return {"runtime": t2 - t0, "samples_per_second": len(pairs) / (t2 - t0), "rouge_seconds": t1 - t0,
+            "bleu_seconds": t2 - t1, "quality": quality}
+
+
+REFERENCES = {
+    "classification": classification,
+    "summarization": summarization,
+    "causal_lm": causal_lm,
+    "generation": generation,
+    "metrics": metrics,
+}

@@ -1,0 +1,107 @@
+"""`llmtune benchmark`: the runner end to end at tiny scale (tiny BERT, bundled data, a few steps), and the report's
+medians, ratios and quality flags on hand-made results."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+def test_benchmark_tiny_writes_results_table_and_charts(tmp_path: Path, cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    res = cli("benchmark", "--scale", "tiny", "--workloads", "classification,metrics", "--output-dir", tmp_path,
+              "--data-dir", tmp_path / "no-such-folder")
+    assert res.exit_code == 0, res.output
+    (out,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    results = json.loads((out / "results.json").read_text())
+    assert results["meta"]["scale"] == "tiny" and results["meta"]["repeats"] == 1
+    cls = results["workloads"]["classification"]
+    # no --data-dir and no hub: the data bundled with llmtune, and the report says so
+    assert cls["data"]["origin"] == "bundled llmtune:sentiment"
+    assert sorted(r["side"] for r in cls["runs"]) == ["llmtune", "ref_default", "ref_tuned"]
+    for run in cls["runs"]:
+        assert "error" not in run, run
+        assert run["samples_per_second"] > 0 and run["tokens_per_second"] > 0 and run["peak_mem_mb"] > 50
+        assert run["global_step"] == cls["hp"]["max_steps"]
+        assert 0 <= run["quality"]["eval_accuracy"] <= 1 and run["loss_curve"]
+    # the same rows (one epoch of max_steps batches) on every side, and padding never counts as a token
+    per_sample = {r["side"]: r["tokens_per_second"] / r["samples_per_second"] for r in cls["runs"]}
+    assert per_sample["ref_default"] == pytest.approx(per_sample["ref_tuned"], rel=0.01)
+    assert per_sample["llmtune"] == pytest.approx(per_sample["ref_tuned"], rel=0.01)
+    summary = results["summary"]
+    vs = summary["classification"]["vs"]["ref_default"]
+    assert vs["ratios"]["samples_per_second"] > 0 and vs["quality"]["metric"] == "eval_accuracy"
+    metrics = summary["metrics"]["vs"]["ref_default"]["quality"]
+    assert metrics["identical"], metrics  # llmtune's ROUGE and BLEU equal the plain rouge_score / sacrebleu numbers
+    table = (out / "results.md").read_text()
+    assert "| classification (SST-2) |" in table and "run_glue.py defaults" in table and "identical" in table
+    for png in ("throughput_ratio.png", "loss_curves.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    assert (out / "logs" / "classification-llmtune-0.log").exists()
+
+
+def _runs(side: str, metric: str, values: list[float], sps: list[float]) -> list[dict[str, Any]]:
+    return [{"side": side, "repeat": i, "samples_per_second": s, "tokens_per_second": 10 * s, "wall_seconds": 100 / s,
+             "peak_mem_mb": 500.0, "quality": {metric: v}} for i, (v, s) in enumerate(zip(values, sps, strict=True))]
+
+
+def _results(llm: list[float], ref: list[float], workload: str = "classification",
+             metric: str = "eval_accuracy") -> dict[str, Any]:
+    runs = _runs("llmtune", metric, llm, [30.0, 32.0, 31.0]) + _runs("ref_default", metric, ref, [10.0, 12.0, 11.0]) \
+        + _runs("ref_tuned", metric, ref, [30.0, 31.0, 29.0])
+    return {"meta": {}, "workloads": {workload: {"status": "ok", "runs": runs}}}
+
+
+def test_summary_medians_ratios_and_targets() -> None:
+    from llmtune.benchmark.report import summarize
+
+    s = summarize(_results([0.85, 0.86, 0.84], [0.85, 0.85, 0.86]))["classification"]
+    assert s["sides"]["llmtune"]["median"]["samples_per_second"] == 31.0
+    default, tuned = s["vs"]["ref_default"], s["vs"]["ref_tuned"]
+    # the ratio is the median of the per-repeat ratios (30/30, 32/31, 31/29), not the ratio of the medians
+    assert tuned["ratios"]["samples_per_second"] == pytest.approx(32 / 31)
+    assert tuned["ratio_of_medians"]["samples_per_second"] == pytest.approx(31 / 30)
+    assert default["ratios"]["samples_per_second"] == pytest.approx(31 / 11)
+    assert [t["met"] for t in default["targets"] if "minimum" in t] == [True]  # >= 2x the defaults
+    assert [t["met"] for t in tuned["targets"] if "minimum" in t] == [False]  # < 1.2x the tuned reference
+    assert not default["quality"]["worse"]
+
+
+@pytest.mark.parametrize(("llm", "ref", "worse"), [
+    ([0.80, 0.81, 0.80], [0.85, 0.85, 0.85], True),   # 5 points below, spread 0.01: flagged
+    ([0.84, 0.85, 0.845], [0.85, 0.85, 0.85], False),  # within the 0.01 tolerance
+    ([0.70, 0.85, 0.80], [0.85, 0.85, 0.85], False),  # 5 points below, but the repeats spread over 15 points
+])
+def test_quality_flag_beyond_noise(llm: list[float], ref: list[float], worse: bool) -> None:
+    from llmtune.benchmark.report import markdown, summarize
+
+    results = _results(llm, ref)
+    results["summary"] = summarize(results)
+    assert results["summary"]["classification"]["vs"]["ref_default"]["quality"]["worse"] is worse
+    results["meta"] = {"cpu": "cpu", "threads": 2, "cpus": 2, "repeats": 3, "scale": "small", "date": "today"}
+    assert ("⚠ worse" in markdown(results)) is worse
+
+
+def test_eval_loss_tolerance_is_relative() -> None:
+    from llmtune.benchmark.report import summarize
+
+    ok = summarize(_results([1.01, 1.01, 1.01], [1.0, 1.0, 1.0], "causal_lm", "eval_loss"))["causal_lm"]
+    bad = summarize(_results([1.05, 1.05, 1.05], [1.0, 1.0, 1.0], "causal_lm", "eval_loss"))["causal_lm"]
+    assert not ok["vs"]["ref_default"]["quality"]["worse"] and bad["vs"]["ref_default"]["quality"]["worse"]
+
+
+def test_missing_pipeline_is_reported_not_faked() -> None:
+    from llmtune.benchmark.report import markdown, summarize
+
+    results = {"meta": {"cpu": "cpu", "threads": 2, "cpus": 2, "repeats": 3, "scale": "small", "date": "today"},
+               "workloads": {"causal_lm": {"status": "not available: pipeline missing (ImportError)", "runs": []}}}
+    results["summary"] = summarize(results)
+    assert "| causal LM + LoRA (GSM8K) | not available: pipeline missing (ImportError) |" in markdown(results)
+
+
+def test_unknown_workload_is_a_one_line_error(cli) -> None:
+    res = cli("benchmark", "--workloads", "clasification", "--scale", "tiny")
+    assert res.exit_code == 2 and "did you mean 'classification'" in res.stderr
