@@ -203,12 +203,17 @@ def predict(
 
     rows = predict_file(run_dir, input, field=field, pair_field=pair_field, batch_size=batch_size,
                         overrides=overrides or [])
+    _emit_jsonl(rows, output, "predictions")
+
+
+def _emit_jsonl(rows: list[dict[str, Any]], output: Path | None, what: str) -> None:
+    """JSON lines to a file (with a note on the console) or to stdout, for piping."""
     import json
 
     lines = [json.dumps(r, ensure_ascii=False) for r in rows]
     if output:
         output.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        console.print(f"wrote {len(rows)} predictions to {output}")
+        console.print(f"wrote {len(rows)} {what} to {output}")
     else:
         sys.stdout.write("\n".join(lines) + "\n")
 
@@ -428,17 +433,10 @@ def generate(
                          stream=streaming, raw=raw, system=system)
     if streaming:
         return
-    import json
-
     if prompt is not None and output is None:
         sys.stdout.write(rows[0]["generation"] + "\n")
         return
-    lines = [json.dumps(r, ensure_ascii=False) for r in rows]
-    if output:
-        output.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        console.print(f"wrote {len(rows)} generations to {output}")
-    else:
-        sys.stdout.write("\n".join(lines) + "\n")
+    _emit_jsonl(rows, output, "generations")
 
 
 @app.command()
