@@ -260,12 +260,21 @@ def fix_special_tokens(model: Any, tokenizer: Any) -> None:
 def bert2bert(path: str, decoder_layers: int = BERT2BERT_DECODER_LAYERS) -> Any:
     """An EncoderDecoderModel warm-started from one BERT checkpoint (Rothe et al., 2020).
 
-    The encoder is the whole checkpoint; the decoder is its first `decoder_layers` layers run causally, plus
-    cross-attention (new, random: the seed decides it) and an LM head tied to the decoder's word embeddings.
+    The encoder is the whole checkpoint, frozen; the decoder is its first `decoder_layers` layers run causally, plus
+    cross-attention and an LM head tied to the decoder's word embeddings. Each cross-attention starts as a copy of
+    its layer's self-attention: randomly initialised, it takes hundreds of steps before the decoder looks at the
+    source at all, and a short run learns one summary for every input.
     """
     from transformers import EncoderDecoderModel
 
-    return EncoderDecoderModel.from_encoder_decoder_pretrained(path, path, decoder_num_hidden_layers=decoder_layers)
+    model = EncoderDecoderModel.from_encoder_decoder_pretrained(path, path, decoder_num_hidden_layers=decoder_layers)
+    for layer in model.decoder.bert.encoder.layer:
+        layer.crossattention.load_state_dict(layer.attention.state_dict())
+    # MiniLM is a sentence-embedding model: its encodings are worth keeping as they are. Frozen, 244 examples
+    # teach the decoder more (eval loss 5.96 vs 6.21 after the same steps) and each step costs a third less.
+    for p in model.encoder.parameters():
+        p.requires_grad = False
+    return model
 
 
 def load_model(recipe: Recipe, tokenizer: Any, info: dict[str, Any]) -> Any:
@@ -315,23 +324,25 @@ def _eval_loss(ctx: EvalContext) -> float | None:
     import torch
 
     acc, model = ctx.accelerator, ctx.model
-    model.eval()
     nll_sum, tok_sum = 0.0, 0
-    with torch.no_grad():
-        for batch in ctx.loader:
-            batch.pop("idx", None)
-            labels = batch.get("labels")
-            if labels is None:
-                return None
-            logits = model(**batch).logits.float()
-            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100,
-                                                    reduction="none").sum(1)
-            ntok = (labels != -100).sum(1)
-            # per row, so gather_for_metrics can drop the rows repeated to even out the last batch
-            nll, ntok = acc.gather_for_metrics((nll, ntok))
-            nll_sum += float(nll.double().sum())
-            tok_sum += int(ntok.sum())
-    model.train()
+    model.eval()
+    try:
+        with torch.no_grad():
+            for batch in ctx.loader:
+                batch.pop("idx", None)
+                labels = batch.get("labels")
+                if labels is None:
+                    return None
+                logits = model(**batch).logits.float()
+                nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100,
+                                                        reduction="none").sum(1)
+                ntok = (labels != -100).sum(1)
+                # per row, so gather_for_metrics can drop the rows repeated to even out the last batch
+                nll, ntok = acc.gather_for_metrics((nll, ntok))
+                nll_sum += float(nll.double().sum())
+                tok_sum += int(ntok.sum())
+    finally:
+        model.train()
     return nll_sum / max(tok_sum, 1)
 
 
