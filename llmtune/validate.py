@@ -19,7 +19,17 @@ def check_data(recipe: Recipe) -> list[str]:
     splits = data_mod.load_splits(recipe, validate=lambda s: task.validate(recipe, s))
     for split in splits.values():
         lines.append(f"{split.name}: {len(split.dataset):,} rows from {split.origin}")
-    info = task.setup(recipe, splits, None)
+    tokenizer = None
+    if recipe.task != "classification":  # the other tasks derive prompts and prefixes with the tokenizer
+        from llmtune.errors import LlmtuneError
+        from llmtune.models import load_tokenizer
+
+        try:
+            tokenizer = load_tokenizer(recipe.model, resolved)
+        except LlmtuneError as e:
+            lines.append(f"tokenizer not checked: {e}")
+            return lines
+    info = task.setup(recipe, splits, tokenizer)
     if "label_names" in info:
         lines.append(f"classes: {', '.join(info['label_names'])}")
     return lines
