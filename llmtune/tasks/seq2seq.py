@@ -6,8 +6,12 @@ Evaluation is generate-then-score: eval loss on the labels, then batched, length
 row (each exactly once across processes) scored against all of its references.
 
 A target cell may be a string or a list of reference strings: training uses the first, scoring uses them all.
-Metric signatures (sacreBLEU's for bleu/chrf) do not depend on the predictions, so setup() computes them and they
-are written to the run's llmtune_info.json under `metric_signatures` (evaluate() returns floats only).
+
+evaluate() returns (the loop adds `eval_`): `loss` (token-weighted mean cross-entropy of the first references),
+`rouge1`, `rouge2`, `rougeL`, `rougeLsum` (summarization) or `bleu`, `chrf` (translation), or whatever
+`eval.metrics` names, and `gen_len`, the mean length of the generated texts in tokens. Metric signatures
+(sacreBLEU's own for bleu/chrf) do not depend on the predictions, so setup() computes them: they are logged and
+written to the run's llmtune_info.json under `metric_signatures` (evaluate() returns floats only).
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ SUMMARIZATION_COLUMNS = [("document", "summary"), ("article", "highlights"), ("t
                          ("dialogue", "summary"), ("source", "target")]
 # model types pretrained with T5's multi-task prefixes ("summarize: ", "translate English to German: ")
 T5_FAMILY = ("t5", "mt5", "umt5", "longt5")
-# the first 3 of MiniLM's 6 layers decode: as good as all 6 on the bundled data, at 2/3 of the cost per step
+# the first 3 of MiniLM's 6 layers decode: about as good as all 6 on the bundled data, for less per step
 BERT2BERT_DECODER_LAYERS = 3
 LANGUAGES = {"en": "English", "de": "German", "fr": "French", "ro": "Romanian", "es": "Spanish", "it": "Italian",
              "nl": "Dutch", "pt": "Portuguese", "ru": "Russian", "zh": "Chinese", "ja": "Japanese", "cs": "Czech",
