@@ -201,8 +201,8 @@ def markdown(results: dict[str, Any]) -> str:
         "within a repeat, where the two ran back to back (above 1 is faster "
         "for samples/s and tokens/s, below 1 is less for wall time, CPU time and memory). CPU s: CPU seconds of the whole run, "
         "steadier than wall time on a shared machine. Tokens are non-padding tokens (sum of attention_mask "
-        "over the trained batches). Peak MB: the larger of the run process's own peak RSS (VmHWM) and the peak, sampled "
-        "every 0.1 s, of the PSS summed over its process tree (worker processes included).",
+        "over the trained batches). Peak MB: the run process's own peak RSS (VmHWM); where it starts worker processes, "
+        "the peak (sampled every 0.1 s) of the PSS summed over it and its workers, if larger.",
         "Quality: ⚠ marks llmtune worse than the reference by more than the noise (the larger of either side's spread "
         "over the repeats and the tolerance: 0.01 accuracy, 0.5 ROUGE-L, 2% eval loss; metric scoring must be "
         "identical).",

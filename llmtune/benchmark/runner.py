@@ -60,49 +60,45 @@ def environment(threads: int) -> dict[str, Any]:
 
 
 # ---- memory of a process tree -------------------------------------------------------------------------------
+# The run's own process reports its exact peak RSS (VmHWM) when it ends, which costs nothing while it runs. Only
+# processes it starts (metric scoring's worker pool) need sampling from outside: then the PSS of the whole tree is
+# read (shared pages split between the processes sharing them, so forked workers are not counted twice). Reading
+# PSS walks a process's page tables, so it is done only while such workers exist: a poll must not slow the run
+# it measures, and must not cost a big process more than a small one.
 
 
-def _children() -> dict[int, list[int]]:
-    kids: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+def descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
         try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
+            tasks = os.listdir(f"/proc/{p}/task")
         except OSError:
             continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        kids.setdefault(ppid, []).append(int(entry))
-    return kids
+        for t in tasks:
+            try:
+                kids = [int(k) for k in Path(f"/proc/{p}/task/{t}/children").read_text().split()]
+            except (OSError, ValueError):
+                continue
+            out += kids
+            todo += kids
+    return out
 
 
-def _process_mb(pid: int) -> float:
-    """PSS (shared pages split between the processes sharing them, so forked workers are not counted twice)."""
+def _pss_mb(pid: int) -> float:
     try:
         for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
             if line.startswith("Pss:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
     return 0.0
 
 
-def tree_memory_mb(pid: int) -> float:
-    if not Path("/proc").is_dir():
-        return 0.0
-    kids = _children()
-    total, todo = 0.0, [pid]
-    while todo:
-        p = todo.pop()
-        total += _process_mb(p)
-        todo.extend(kids.get(p, []))
-    return total
+def workers_tree_mb(pid: int) -> float:
+    """PSS summed over the run's process and its descendants; 0 while it has none (its VmHWM covers that)."""
+    kids = descendants(pid)
+    return _pss_mb(pid) + sum(_pss_mb(k) for k in kids) if kids else 0.0
 
 
 # ---- one measured run ---------------------------------------------------------------------------------------
@@ -126,7 +122,7 @@ def measure(spec_path: Path, side: str, seed: int, work: Path, log_path: Path, t
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
             while proc.poll() is None:
-                peak = max(peak, tree_memory_mb(proc.pid))
+                peak = max(peak, workers_tree_mb(proc.pid))
                 if time.perf_counter() - t0 > timeout:
                     proc.kill()
                     proc.wait()
@@ -141,6 +137,8 @@ def measure(spec_path: Path, side: str, seed: int, work: Path, log_path: Path, t
     # CPU seconds of the run and the workers it waited for: steadier than wall time on a busy machine
     cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
     run: dict[str, Any] = {"side": side, "seed": seed, "wall_seconds": round(wall, 3), "cpu_seconds": round(cpu, 3)}
+    if hasattr(os, "getloadavg"):
+        run["load_average_1min_at_end"] = round(os.getloadavg()[0], 2)  # how busy the machine was around the run
     if proc.returncode != 0 or not result_path.exists():
         tail = log_path.read_text(errors="replace").strip().splitlines()[-3:] if log_path.exists() else []
         why = "timed out" if wall > timeout else f"exit code {proc.returncode}"
@@ -150,7 +148,7 @@ def measure(spec_path: Path, side: str, seed: int, work: Path, log_path: Path, t
     run.update(res)
     # the exact peak of the run's own process, or the sampled peak of its whole tree where workers add to it
     run["peak_mem_mb"] = round(max(peak, res.get("peak_rss_main_mb", 0.0)), 1)
-    run["sampled_tree_pss_mb"] = round(peak, 1)
+    run["sampled_tree_pss_mb"] = round(peak, 1)  # 0: the run started no worker processes
     shutil.rmtree(work, ignore_errors=True)  # model folders of finished runs: only the figures are kept
     return run
 

@@ -39,15 +39,15 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     "summarization": {
         "tiny": {"t5": T5_TINY, "batch_size": 4, "max_steps": 4, "eval_rows": 8, "learning_rate": 1e-3,
                  "max_source_length": 64, "max_target_length": 16, "max_new_tokens": 8},
-        "small": {"t5": T5_SMALL, "batch_size": 8, "max_steps": 30, "eval_rows": 100, "learning_rate": 1e-3,
-                  "max_source_length": 512, "max_target_length": 64, "max_new_tokens": 48},
+        "small": {"t5": T5_SMALL, "batch_size": 8, "max_steps": 30, "eval_rows": 64, "learning_rate": 1e-3,
+                  "max_source_length": 512, "max_target_length": 64, "max_new_tokens": 32},
         "full": {"t5": T5_FULL, "batch_size": 16, "max_steps": None, "eval_rows": None, "learning_rate": 1e-3,
                  "max_source_length": 512, "max_target_length": 64, "max_new_tokens": 64},
     },
     "causal_lm": {
         "tiny": {"model": "tiny-llama", "batch_size": 4, "max_steps": 3, "eval_rows": 8, "learning_rate": 1e-3,
                  "max_seq_length": 128},
-        "small": {"model": "smollm2-135m", "batch_size": 4, "max_steps": 6, "eval_rows": 16, "learning_rate": 5e-4,
+        "small": {"model": "smollm2-135m", "batch_size": 4, "max_steps": 5, "eval_rows": 16, "learning_rate": 5e-4,
                   "max_seq_length": 384},
         "full": {"model": "smollm2-135m", "batch_size": 8, "max_steps": None, "eval_rows": None,
                  "learning_rate": 5e-4, "max_seq_length": 512},
@@ -57,7 +57,7 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
         # it writes summaries of varying length and stops on its own, as a real model does
         "tiny": {"t5": T5_TINY, "prepare_steps": 2, "eval_rows": 16, "batch_size": 8, "max_source_length": 64,
                  "max_new_tokens": 8},
-        "small": {"t5": T5_SMALL, "prepare_steps": 200, "eval_rows": 400, "batch_size": 32,
+        "small": {"t5": T5_SMALL, "prepare_steps": 100, "eval_rows": 300, "batch_size": 32,
                   "max_source_length": 512, "max_new_tokens": 48},
         "full": {"t5": T5_FULL, "prepare_steps": 600, "eval_rows": None, "batch_size": 32,
                  "max_source_length": 512, "max_new_tokens": 64},
