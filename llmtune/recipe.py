@@ -93,7 +93,7 @@ class TrainArgs:
     max_seq_length: int = 128
     max_source_length: int = 512
     max_target_length: int = 128
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    mixed_precision: Literal["no", "bf16", "fp16", "auto"] = "no"  # auto: bf16 where the hardware runs it natively
     gradient_checkpointing: bool = False
     group_by_length: bool = True
     seed: int = 42
@@ -139,6 +139,7 @@ class GenerationArgs:
 @dataclass
 class EvalArgs:
     generate: bool | None = None
+    before_training: bool | None = None  # evaluate the base model first (None: the task decides; causal_lm does)
     metrics: list[str] | None = None
     bootstrap: int = 1000
 

@@ -318,3 +318,33 @@ def test_adapter_checkpoints_hold_the_adapter_only_and_resume_exactly(tiny_llama
     assert a.keys() == b.keys() and all(float((a[k] - b[k]).abs().max()) <= 1e-6 for k in a)
     ra, rb = (json.loads((d / "all_results.json").read_text()) for d in (ref, cut))
     assert abs(ra["eval_loss"] - rb["eval_loss"]) <= 1e-6 and ra["base_eval_loss"] == rb["base_eval_loss"]
+
+
+def test_auto_precision_and_no_base_eval(tiny_llama: Path, tmp_path: Path, cli) -> None:
+    """mixed_precision=auto picks bf16 exactly where the hardware has native bf16 and says which in run_info;
+    eval.before_training=false skips the base-model eval that causal_lm runs by default."""
+    from llmtune.train import native_bf16
+
+    out = tmp_path / "run"
+    res = cli("finetune", write_recipe(tmp_path / "r.yaml", tiny_llama, out, train__max_steps=2,
+                                       train__mixed_precision="auto", eval__before_training=False, data__packing=True))
+    assert res.exit_code == 0, res.output
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["mixed_precision"] == ("bf16" if native_bf16() else "no")
+    assert "mixed precision:" in res.output
+    results = json.loads((out / "all_results.json").read_text())
+    assert math.isfinite(results["eval_loss"]) and not any(k.startswith("base_eval") for k in results)
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "eval_loss" in r] == [2]  # one eval, at the end
+
+
+def test_auto_precision_is_fp32_without_native_bf16(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from llmtune import train
+    from llmtune.recipe import build_recipe
+
+    recipe = build_recipe(recipe_dict("x", tmp_path, train__mixed_precision="auto"))
+    monkeypatch.setattr(train, "native_bf16", lambda: None)
+    assert train.resolve_mixed_precision(recipe) == "no"
+    monkeypatch.setattr(train, "native_bf16", lambda: "CPU with bf16 instructions")
+    assert train.resolve_mixed_precision(recipe) == "bf16"
+    assert train.resolve_mixed_precision(build_recipe(recipe_dict("x", tmp_path))) == "no"

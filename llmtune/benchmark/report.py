@@ -44,6 +44,14 @@ LLMTUNE_NAMES = {
 }
 
 
+def llmtune_name(workload: str, results: dict[str, Any]) -> str:
+    """What llmtune did, with the precision its runs chose where it was not fp32 (the references run fp32)."""
+    runs = results["workloads"].get(workload, {}).get("runs", [])
+    precisions = sorted({r["mixed_precision"] for r in runs if r.get("side") == "llmtune" and r.get("mixed_precision")})
+    extra = [f"{p} autocast" for p in precisions if p != "no"]
+    return ", ".join([LLMTUNE_NAMES[workload], *extra])
+
+
 def _median(values: list[float]) -> float | None:
     values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
     return statistics.median(values) if values else None
@@ -184,7 +192,7 @@ def markdown(results: dict[str, Any]) -> str:
         for ref, c in s["vs"].items():
             other = s["sides"][ref]["median"]
             r = c["ratios"]
-            cells = [TITLES[name], f"{LLMTUNE_NAMES[name]} vs {REFERENCE_NAMES[(name, ref)]}",
+            cells = [TITLES[name], f"{llmtune_name(name, results)} vs {REFERENCE_NAMES[(name, ref)]}",
                      f"{_num(llm['samples_per_second'])} · {_num(other['samples_per_second'])}",
                      f"**{_ratio(r['samples_per_second'])}**", _ratio(r["tokens_per_second"]),
                      f"{_num(llm['wall_seconds'], 0)} · {_num(other['wall_seconds'], 0)}", _ratio(r["cpu_seconds"]),

@@ -285,18 +285,30 @@ def build_classifier(kind: str, num_labels: int, folder: Path) -> str:
 
 
 def build_t5(dims: dict[str, Any], folder: Path) -> str:
-    """A T5 built from a config with a fixed seed and MiniLM's WordPiece tokenizer (no T5 weights offline)."""
+    """A T5 built from a config with a fixed seed and MiniLM's WordPiece vocabulary (no T5 weights offline)."""
     import torch
-    from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
+    from tokenizers.processors import TemplateProcessing
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
 
-    # T5 tokenizers return no token_type_ids, and T5's forward and generate() accept none
-    tok = AutoTokenizer.from_pretrained(minilm_dir(), model_input_names=["input_ids", "attention_mask"])
+    # Made to behave like a T5 tokenizer: text, then the end token ([SEP] here), no leading [CLS] and no
+    # token_type_ids. With BERT's "[CLS] text [SEP]" the labels would start with a token that is always [CLS],
+    # and the two sides would score different label sequences (llmtune drops such a token, run_summarization does
+    # not), so their eval losses could not be compared.
+    bert = AutoTokenizer.from_pretrained(minilm_dir())
+    backend = bert.backend_tokenizer
+    backend.no_truncation()
+    backend.no_padding()
+    sep = bert.sep_token
+    backend.post_processor = TemplateProcessing(single=f"$A {sep}", pair=f"$A {sep} $B:1 {sep}:1",
+                                                special_tokens=[(sep, bert.sep_token_id)])
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token=bert.pad_token, eos_token=sep,
+                                  unk_token=bert.unk_token, model_input_names=["input_ids", "attention_mask"])
     torch.manual_seed(0)
     cfg = T5Config(vocab_size=len(tok), num_decoder_layers=dims["num_layers"], decoder_start_token_id=tok.pad_token_id,
-                   pad_token_id=tok.pad_token_id, eos_token_id=tok.sep_token_id, **dims)
+                   pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, **dims)
     model = T5ForConditionalGeneration(cfg)
     model.generation_config.decoder_start_token_id = tok.pad_token_id
-    model.generation_config.eos_token_id = tok.sep_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.pad_token_id = tok.pad_token_id
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
@@ -503,11 +515,15 @@ def llmtune_causal_lm(spec: dict[str, Any], seed: int, out: Path) -> dict[str, A
                  "prompt_column": "question", "input_column": None, "completion_column": "answer", "packing": True},
         "lora": {"enabled": True, "r": hp["lora_r"], "alpha": hp["lora_alpha"], "dropout": hp["lora_dropout"],
                  "target_modules": "all-linear"},
-        "train": {**_train_section(hp, seed, out), "max_seq_length": hp["max_seq_length"]},
-        "eval": {"generate": False},
+        # mixed_precision auto, as in recipes/lora_instruct.yaml: bf16 autocast where the CPU or GPU runs bf16
+        # natively, fp32 elsewhere; the report says which it was. No base-model eval: the reference does none.
+        "train": {**_train_section(hp, seed, out), "max_seq_length": hp["max_seq_length"], "mixed_precision": "auto"},
+        "eval": {"generate": False, "before_training": False},
     }, source="benchmark:causal_lm")
     res = finetune(recipe)
-    return {**_train_figures(res, out), "quality": {"eval_loss": res["eval_loss"]}}
+    info = json.loads((out / "run_info.json").read_text())
+    return {**_train_figures(res, out), "mixed_precision": info.get("mixed_precision", "no"),
+            "quality": {"eval_loss": res["eval_loss"]}}
 
 
 def llmtune_generation(spec: dict[str, Any], seed: int, out: Path) -> dict[str, Any]:
