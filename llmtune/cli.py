@@ -332,6 +332,12 @@ def eval_(
                               bootstrap, seed, output_dir, batch_size)
     _print_settings(res["results"], title=f"{res['config']['task']} on the {split} split ({res['n_samples']} examples)")
     console.print(f"wrote {res['output_dir']}/results.json and predictions.jsonl")
+    if output:  # -o works for a model too: a copy of results.json where the user asked for it
+        from llmtune import runs
+
+        output.parent.mkdir(parents=True, exist_ok=True)
+        runs.write_json(output, {k: v for k, v in res.items() if k != "output_dir"})
+        console.print(f"wrote {output}")
 
 
 def _fmt(v: Any) -> str:

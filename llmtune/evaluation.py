@@ -134,7 +134,7 @@ def evaluate_model(model_arg: str, recipe: Recipe, split: str, names: list[str] 
     from accelerate.utils import DataLoaderConfiguration
 
     from llmtune import tasks
-    from llmtune.train import eval_loader
+    from llmtune.train import eval_loader, full_precision
 
     task = tasks.get(recipe.task)
     accelerator = Accelerator(dataloader_config=DataLoaderConfiguration(split_batches=True))
@@ -150,7 +150,8 @@ def evaluate_model(model_arg: str, recipe: Recipe, split: str, names: list[str] 
     model, loader = accelerator.prepare(model, loader)
     ctx = tasks.EvalContext(model=model, loader=loader, accelerator=accelerator, recipe=recipe, tokenizer=tokenizer,
                             info=info, split=target)
-    metrics, records = task.evaluate(ctx)
+    with full_precision(model):  # fp32, as in a run's own eval, even where an earlier Accelerator chose bf16
+        metrics, records = task.evaluate(ctx)
     return Setting(f"fine-tuned {model_arg}", _with_intervals(metrics, records, names, bootstrap, seed, recipe.task), records)
 
 

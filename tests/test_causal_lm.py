@@ -348,3 +348,18 @@ def test_auto_precision_is_fp32_without_native_bf16(tmp_path: Path, monkeypatch:
     monkeypatch.setattr(train, "native_bf16", lambda: "CPU with bf16 instructions")
     assert train.resolve_mixed_precision(recipe) == "bf16"
     assert train.resolve_mixed_precision(build_recipe(recipe_dict("x", tmp_path))) == "no"
+
+
+def test_bf16_training_evaluates_in_full_precision(tiny_llama: Path, tmp_path: Path, cli) -> None:
+    """A run trained under bf16 autocast reports the eval loss its saved weights have in fp32, the number that
+    `llmtune eval` gives for the same run later (under autocast the two would differ in the third decimal)."""
+    out = tmp_path / "run"
+    res = cli("finetune", write_recipe(tmp_path / "r.yaml", tiny_llama, out, train__max_steps=2,
+                                       train__mixed_precision="bf16", eval__before_training=False))
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "run_info.json").read_text())["mixed_precision"] == "bf16"
+    during = json.loads((out / "all_results.json").read_text())["eval_loss"]
+    res = cli("eval", "--model", out, "--metric", "perplexity", "--bootstrap", "0", "-o", tmp_path / "e.json")
+    assert res.exit_code == 0, res.output
+    (after,) = json.loads((tmp_path / "e.json").read_text())["results"].values()
+    assert after["loss"]["value"] == pytest.approx(during, abs=1e-5), (after, during)
