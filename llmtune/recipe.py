@@ -225,7 +225,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 continue
         raise LlmtuneError(f"{where}: expected {_type_name(tp)}, got {value!r}")
     if origin is Literal:
-        if value in get_args(tp):
+        # YAML 1.1 reads a bare `no` (or `off`) as false: `mixed_precision: no` means the choice "no"
+        if isinstance(value, bool) and ("no" if value is False else "yes") in get_args(tp):
+            return "no" if value is False else "yes"
+        if value in get_args(tp) and not isinstance(value, bool):
             return value
         raise LlmtuneError(f"{where}: expected {_type_name(tp)}, got {value!r}{_closest(str(value), map(str, get_args(tp)))}")
     if origin is list:

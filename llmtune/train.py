@@ -197,6 +197,10 @@ def _fingerprint(recipe: Recipe, train_ds: Any, lengths: list[int], processes: i
 
 
 def _is_peft(model: Any) -> bool:
+    import sys
+
+    if "peft" not in sys.modules:  # nothing made a PEFT model; importing peft only to ask would cost ~2 s
+        return False
     try:
         from peft import PeftModel
     except ImportError:

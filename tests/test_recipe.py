@@ -32,6 +32,17 @@ def test_overrides_take_precedence_and_parse_yaml_scalars(tmp_path: Path) -> Non
     assert r.data.label_names == ["neg", "pos"] and r.train.eval_steps is None
 
 
+def test_bare_no_is_the_choice_no(tmp_path: Path) -> None:
+    """YAML 1.1 reads a bare `no` as false; for a choice that includes "no" it means that choice."""
+    p = write(tmp_path, "task: classification\nmodel: {name: minilm-l6}\ndata: {train_file: x.csv}\n"
+                        "train: {mixed_precision: no}\n")
+    assert load_recipe(p).train.mixed_precision == "no"
+    assert load_recipe(write(tmp_path, BASE, "b.yaml"), ["train.mixed_precision=no"]).train.mixed_precision == "no"
+    assert load_recipe(write(tmp_path, BASE, "c.yaml"), ["train.mixed_precision=auto"]).train.mixed_precision == "auto"
+    with pytest.raises(LlmtuneError, match="mixed_precision: expected one of"):
+        load_recipe(write(tmp_path, BASE, "d.yaml"), ["train.mixed_precision=true"])
+
+
 @pytest.mark.parametrize(
     ("raw", "overrides", "needle"),
     [

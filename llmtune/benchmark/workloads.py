@@ -453,10 +453,13 @@ def train_generation_model(init: str, train: str, eval_: str, s: dict[str, Any],
 
 
 def _train_section(hp: dict[str, Any], seed: int, out: Path) -> dict[str, Any]:
+    # mixed_precision auto, as in llmtune's recipes: bf16 autocast where the CPU or GPU runs bf16 natively, fp32
+    # elsewhere; evaluation runs in fp32 either way. The report names the precision each run used.
     return {"output_dir": str(out), "max_steps": hp["max_steps"], "per_device_train_batch_size": hp["batch_size"],
             "per_device_eval_batch_size": hp.get("eval_batch_size", 32), "learning_rate": hp["learning_rate"],
             "weight_decay": 0.0, "warmup_steps": 0, "lr_scheduler_type": "linear", "seed": seed,
-            "logging_steps": hp["logging_steps"], "overwrite_output_dir": True, "resume_from_checkpoint": False}
+            "logging_steps": hp["logging_steps"], "overwrite_output_dir": True, "resume_from_checkpoint": False,
+            "mixed_precision": "auto"}
 
 
 def _loss_curve(out: Path) -> list[list[float]]:
@@ -465,9 +468,11 @@ def _loss_curve(out: Path) -> list[list[float]]:
 
 
 def _train_figures(res: dict[str, Any], out: Path) -> dict[str, Any]:
+    info = json.loads((out / "run_info.json").read_text())
     return {"train_runtime": res["train_runtime"], "train_samples_per_second": res["train_samples_per_second"],
             "train_tokens_per_second": res["train_tokens_per_second"], "global_step": res["global_step"],
-            "train_loss": res["train_loss"], "loss_curve": _loss_curve(out)}
+            "train_loss": res["train_loss"], "loss_curve": _loss_curve(out),
+            "mixed_precision": info.get("mixed_precision", "no")}
 
 
 def llmtune_classification(spec: dict[str, Any], seed: int, out: Path) -> dict[str, Any]:
@@ -515,15 +520,11 @@ def llmtune_causal_lm(spec: dict[str, Any], seed: int, out: Path) -> dict[str, A
                  "prompt_column": "question", "input_column": None, "completion_column": "answer", "packing": True},
         "lora": {"enabled": True, "r": hp["lora_r"], "alpha": hp["lora_alpha"], "dropout": hp["lora_dropout"],
                  "target_modules": "all-linear"},
-        # mixed_precision auto, as in recipes/lora_instruct.yaml: bf16 autocast where the CPU or GPU runs bf16
-        # natively, fp32 elsewhere; the report says which it was. No base-model eval: the reference does none.
-        "train": {**_train_section(hp, seed, out), "max_seq_length": hp["max_seq_length"], "mixed_precision": "auto"},
-        "eval": {"generate": False, "before_training": False},
+        "train": {**_train_section(hp, seed, out), "max_seq_length": hp["max_seq_length"]},
+        "eval": {"generate": False, "before_training": False},  # no base-model eval: the reference does none
     }, source="benchmark:causal_lm")
     res = finetune(recipe)
-    info = json.loads((out / "run_info.json").read_text())
-    return {**_train_figures(res, out), "mixed_precision": info.get("mixed_precision", "no"),
-            "quality": {"eval_loss": res["eval_loss"]}}
+    return {**_train_figures(res, out), "quality": {"eval_loss": res["eval_loss"]}}
 
 
 def llmtune_generation(spec: dict[str, Any], seed: int, out: Path) -> dict[str, Any]:
