@@ -495,8 +495,10 @@ def finetune(recipe: Recipe, console: Any = None) -> dict[str, Any]:
 
     from tqdm.auto import tqdm
 
-    progress = tqdm(total=max_steps, initial=state.global_step, disable=not main, desc="training", unit="step",
-                    dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 30)
+    # TQDM_DISABLE read here too: tqdm reads it once, at import, so a caller setting it later was not heard
+    quiet = os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true")
+    progress = tqdm(total=max_steps, initial=state.global_step, disable=not main or quiet, desc="training",
+                    unit="step", dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 30)
     model.train()
     loss_acc = torch.full((), state.pending_loss_sum, device=accelerator.device)
     loss_n = state.pending_loss_n
