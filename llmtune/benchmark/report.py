@@ -62,7 +62,7 @@ def _spread(values: list[float]) -> float:
     return max(values) - min(values) if len(values) > 1 else 0.0
 
 
-def paired_ratio(runs: list[dict[str, Any]], ref: str, figure: str) -> float | None:
+def paired_ratio(runs: list[dict[str, Any]], ref: str, figure: str, side: str = "llmtune") -> float | None:
     """The median over repeats of llmtune's figure / the reference's figure in the same repeat.
 
     The two runs of a repeat ran back to back, so a machine that is slower for a while (other jobs on a shared
@@ -72,12 +72,12 @@ def paired_ratio(runs: list[dict[str, Any]], ref: str, figure: str) -> float | N
     for r in runs:
         if r.get(figure) is not None:
             by_repeat.setdefault(r.get("repeat", 0), {})[r["side"]] = r[figure]
-    pairs = [v["llmtune"] / v[ref] for v in by_repeat.values() if v.get("llmtune") and v.get(ref)]
+    pairs = [v[side] / v[ref] for v in by_repeat.values() if v.get(side) and v.get(ref)]
     return statistics.median(pairs) if pairs else None
 
 
 def summarize(results: dict[str, Any]) -> dict[str, Any]:
-    from llmtune.benchmark.workloads import IDENTICAL, QUALITY, TARGETS, VARIANTS
+    from llmtune.benchmark.workloads import FP32_SIDE, IDENTICAL, QUALITY, TARGETS, VARIANTS
 
     summary: dict[str, Any] = {}
     for name, entry in results["workloads"].items():
@@ -87,7 +87,8 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
         metric, higher, abs_tol, rel_tol = QUALITY[name]
         runs = [r for r in entry["runs"] if "error" not in r]
         sides: dict[str, Any] = {}
-        for side in ("llmtune", *VARIANTS[name]):
+        fp32 = [FP32_SIDE] if any(r["side"] == FP32_SIDE for r in entry["runs"]) else []
+        for side in ("llmtune", *VARIANTS[name], *fp32):
             mine = [r for r in runs if r["side"] == side]
             figs = {f: _median([r.get(f) for r in mine]) for f in FIGURES}
             keys = sorted({k for r in mine for k in r.get("quality", {})})
@@ -127,6 +128,15 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
             comparisons[ref] = {"ratios": ratios, "ratio_of_medians": ratio_of_medians, "quality": quality,
                                 "targets": targets}
         summary[name] = {"status": "ok", "sides": sides, "vs": comparisons}
+        if fp32:  # llmtune without bf16 against each reference, and bf16 alone (llmtune against llmtune fp32)
+            own = sides[FP32_SIDE]
+            summary[name]["fp32"] = {
+                ref: {"ratios": {f: paired_ratio(runs, ref, f, side=FP32_SIDE) for f in FIGURES},
+                      "quality": {"metric": metric, "llmtune_fp32": own["quality"].get(metric),
+                                  "reference": sides[ref]["quality"].get(metric)}}
+                for ref in (*VARIANTS[name], "llmtune")}
+            # paired_ratio(side=llmtune_fp32, ref=llmtune) is fp32/bf16; the bf16 gain is its inverse
+            summary[name]["fp32"]["llmtune"]["ratios"] = {f: paired_ratio(runs, FP32_SIDE, f) for f in FIGURES}
     return summary
 
 
@@ -217,7 +227,34 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     if failed:
         notes.append("Failed runs: " + ", ".join(f"{n}/{side} ×{k}" for n, side, k in failed) + " (see logs/).")
-    return "\n".join(lines + notes) + "\n"
+    return "\n".join(lines + notes + fp32_table(results)) + "\n"
+
+
+def fp32_table(results: dict[str, Any]) -> list[str]:
+    """llmtune with train.mixed_precision=no against the same references: the gain that is not bf16's."""
+    summary = results["summary"]
+    rows = []
+    for name, s in summary.items():
+        for ref, c in s.get("fp32", {}).items():
+            figure = "tokens_per_second" if name == "causal_lm" else "samples_per_second"
+            r, q = c["ratios"], c["quality"]
+            digits = 3 if q["metric"] in ("eval_accuracy", "eval_loss") else 2
+            if ref == "llmtune":
+                what = "llmtune (bf16 autocast) vs llmtune fp32: the bf16 gain alone"
+                a, b = s["sides"]["llmtune"]["quality"].get(q["metric"]), q["llmtune_fp32"]
+            else:
+                what = f"llmtune fp32 vs {REFERENCE_NAMES[(name, ref)]}"
+                a, b = q["llmtune_fp32"], q["reference"]
+            quality = "—" if a is None or b is None else \
+                f"{q['metric'].removeprefix('eval_')} {a:.{digits}f} vs {b:.{digits}f}"
+            rows.append(f"| {TITLES[name]} | {what} | **{_ratio(r.get(figure))}** ({figure.replace('_per_second', '/s')}) "
+                        f"| {_ratio(r.get('peak_mem_mb'))} | {quality} |")
+    if not rows:
+        return []
+    return ["", "llmtune's recipes train with `train.mixed_precision: auto`, which picked bf16 autocast on this "
+            "machine (native bf16); the references run fp32, as the example scripts do unless given `--bf16`. "
+            "Each workload that autocasts also ran llmtune with `train.mixed_precision=no` (paired the same way):",
+            "", "| workload | comparison | throughput × | peak MB × | quality |", "|---|---|---|---|---|", *rows]
 
 
 def details(results: dict[str, Any]) -> str:

@@ -2,7 +2,8 @@
 
     python -m llmtune.benchmark.run_one SPEC.json SIDE SEED WORK_DIR RESULT.json
 
-SIDE is `llmtune` or a reference variant (`ref_default`, `ref_tuned`). The runner sets the thread variables in
+SIDE is `llmtune`, `llmtune_fp32` (llmtune with train.mixed_precision=no) or a reference variant (`ref_default`,
+`ref_tuned`). The runner sets the thread variables in
 the environment; this process also sets torch's thread count, identically for both sides.
 """
 
@@ -61,6 +62,8 @@ def run(spec: dict[str, Any], side: str, seed: int, work: Path) -> dict[str, Any
     from llmtune.benchmark.workloads import LLMTUNE
 
     t0 = time.perf_counter()
+    if side == "llmtune_fp32":  # llmtune as in its recipes, but with train.mixed_precision=no
+        spec, side = {**spec, "mixed_precision": "no"}, "llmtune"
     fn = LLMTUNE[workload] if side == "llmtune" else (lambda s, seed, out: REFERENCES[workload](s, side, seed, out))
     result = fn(spec, seed, work)
     result["inner_seconds"] = time.perf_counter() - t0

@@ -220,7 +220,7 @@ def run_benchmark(workloads: list[str] | None = None, data_dir: Path | None = No
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from llmtune.benchmark import report
-    from llmtune.benchmark.workloads import QUALITY, VARIANTS, pipeline_available, prepare
+    from llmtune.benchmark.workloads import AUTOCAST, FP32_SIDE, QUALITY, VARIANTS, pipeline_available, prepare
 
     console = console or Console()
     names = resolve_workloads(workloads)
@@ -281,13 +281,17 @@ def run_benchmark(workloads: list[str] | None = None, data_dir: Path | None = No
                 spec = specs[name]
                 entry.update(model=spec["model_name"], data=spec["data"], hp=spec["hp"])
                 save()
-            total = sum(repeats * (1 + len(VARIANTS[n])) for n in specs)
+            from llmtune.train import native_bf16
+
+            # llmtune's own fp32 side only where its recipes' `auto` picks bf16 (elsewhere it would repeat llmtune)
+            ablate = {n for n in specs if n in AUTOCAST and native_bf16()}
+            total = sum(repeats * (1 + len(VARIANTS[n]) + (n in ablate)) for n in specs)
             overall = progress.add_task("benchmark", total=total)
             for name, spec in specs.items():
                 entry = results["workloads"][name]
                 # llmtune runs next to each reference (in the middle of three), and the order flips every repeat
                 refs = list(VARIANTS[name])
-                sides = [refs[0], "llmtune", *refs[1:]]
+                sides = [refs[0], "llmtune", *refs[1:], *([FP32_SIDE] if name in ablate else [])]
                 for r in range(repeats):
                     for side in (sides if r % 2 == 0 else sides[::-1]):
                         seed = 42 + r

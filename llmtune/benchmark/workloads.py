@@ -92,6 +92,11 @@ VARIANTS = {
     "metrics": ("ref_default",),
 }
 
+# where llmtune trains with mixed_precision auto: on hardware with native bf16 these workloads also run a
+# `llmtune_fp32` side (llmtune with mixed_precision no), so the report can show how much of the gain is bf16
+FP32_SIDE = "llmtune_fp32"
+AUTOCAST = ("classification", "summarization", "causal_lm")
+
 # the targets: (reference variant, figure, minimum llmtune/reference ratio)
 TARGETS = {
     "classification": [("ref_default", "samples_per_second", 2.0), ("ref_tuned", "samples_per_second", 1.2)],
@@ -452,14 +457,16 @@ def train_generation_model(init: str, train: str, eval_: str, s: dict[str, Any],
 # ---- the llmtune side ------------------------------------------------------------------------------------
 
 
-def _train_section(hp: dict[str, Any], seed: int, out: Path) -> dict[str, Any]:
+def _train_section(spec: dict[str, Any], seed: int, out: Path) -> dict[str, Any]:
     # mixed_precision auto, as in llmtune's recipes: bf16 autocast where the CPU or GPU runs bf16 natively, fp32
-    # elsewhere; evaluation runs in fp32 either way. The report names the precision each run used.
+    # elsewhere; evaluation runs in fp32 either way. The report names the precision each run used. The
+    # `llmtune_fp32` side (spec["mixed_precision"] = "no") shows what llmtune does without bf16.
+    hp = spec["hp"]
     return {"output_dir": str(out), "max_steps": hp["max_steps"], "per_device_train_batch_size": hp["batch_size"],
             "per_device_eval_batch_size": hp.get("eval_batch_size", 32), "learning_rate": hp["learning_rate"],
             "weight_decay": 0.0, "warmup_steps": 0, "lr_scheduler_type": "linear", "seed": seed,
             "logging_steps": hp["logging_steps"], "overwrite_output_dir": True, "resume_from_checkpoint": False,
-            "mixed_precision": "auto"}
+            "mixed_precision": spec.get("mixed_precision", "auto")}
 
 
 def _loss_curve(out: Path) -> list[list[float]]:
@@ -484,7 +491,7 @@ def llmtune_classification(spec: dict[str, Any], seed: int, out: Path) -> dict[s
         "task": "classification", "model": {"name": spec["model"]},
         "data": {"train_file": spec["data"]["train"], "eval_file": spec["data"]["eval"], "text_column": "text",
                  "label_column": "label"},
-        "train": {**_train_section(hp, seed, out), "max_seq_length": hp["max_seq_length"]},
+        "train": {**_train_section(spec, seed, out), "max_seq_length": hp["max_seq_length"]},
     }, source="benchmark:classification")
     res = finetune(recipe)
     return {**_train_figures(res, out), "quality": {"eval_accuracy": res["eval_accuracy"], "eval_loss": res["eval_loss"]}}
@@ -499,7 +506,7 @@ def llmtune_summarization(spec: dict[str, Any], seed: int, out: Path) -> dict[st
         "task": "summarization", "model": {"name": spec["model"]},
         "data": {"train_file": spec["data"]["train"], "eval_file": spec["data"]["eval"], "source_column": "source",
                  "target_column": "target", "source_prefix": hp["source_prefix"]},
-        "train": {**_train_section(hp, seed, out), "max_source_length": hp["max_source_length"],
+        "train": {**_train_section(spec, seed, out), "max_source_length": hp["max_source_length"],
                   "max_target_length": hp["max_target_length"]},
         "generation": {"max_new_tokens": hp["max_new_tokens"]},
         "eval": {"metrics": ["rouge"]},
@@ -520,7 +527,7 @@ def llmtune_causal_lm(spec: dict[str, Any], seed: int, out: Path) -> dict[str, A
                  "prompt_column": "question", "input_column": None, "completion_column": "answer", "packing": True},
         "lora": {"enabled": True, "r": hp["lora_r"], "alpha": hp["lora_alpha"], "dropout": hp["lora_dropout"],
                  "target_modules": "all-linear"},
-        "train": {**_train_section(hp, seed, out), "max_seq_length": hp["max_seq_length"]},
+        "train": {**_train_section(spec, seed, out), "max_seq_length": hp["max_seq_length"]},
         "eval": {"generate": False, "before_training": False},  # no base-model eval: the reference does none
     }, source="benchmark:causal_lm")
     res = finetune(recipe)
