@@ -155,6 +155,9 @@ def test_packed_loss_equals_unpacked(tiny_llama: Path, tmp_path: Path) -> None:
     packed = collate(feats)
     padded = clm.CausalCollator(tok.pad_token_id, packing=False)(feats)
     assert packed["input_ids"].shape == (1, sum(len(f["input_ids"]) for f in feats))
+    # logits only where an answer token is predicted: fewer than the row's positions, one per learnt label
+    n_learnt = sum(sum(1 for x in f["labels"] if x != -100) for f in feats)
+    assert packed["logits_to_keep"].shape == (n_learnt,) and packed["shift_labels"].shape == (1, n_learnt)
 
     def loss_and_grads(batch: dict[str, Any]) -> tuple[float, list[Any]]:
         model.zero_grad()
@@ -166,8 +169,13 @@ def test_packed_loss_equals_unpacked(tiny_llama: Path, tmp_path: Path) -> None:
     lu, gu = loss_and_grads(padded)
     assert abs(lp - lu) < 1e-4
     assert max(float((a - b).abs().max()) for a, b in zip(gp, gu, strict=True)) < 1e-4
+    # the same row with logits at every position: the same loss and gradients
+    full = {k: v for k, v in packed.items() if k not in ("logits_to_keep", "shift_labels")}
+    lf, gf = loss_and_grads(full)
+    assert abs(lf - lp) < 1e-5
+    assert max(float((a - b).abs().max()) for a, b in zip(gp, gf, strict=True)) < 1e-5
     # control: the same row without restarting positions lets examples attend to each other
-    flat = {k: v for k, v in packed.items() if k != "position_ids"}
+    flat = {k: v for k, v in full.items() if k != "position_ids"}
     assert abs(float(model(**flat).loss) - lu) > 1e-3
 
 

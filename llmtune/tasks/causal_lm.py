@@ -354,9 +354,12 @@ class CausalCollator:
     Eval batches (they carry `idx`) are always padded, so each example's loss can be put back in its row.
     """
 
-    def __init__(self, pad_token_id: int, packing: bool) -> None:
+    def __init__(self, pad_token_id: int, packing: bool, keep_logits: bool = False) -> None:
         self.pad_token_id = pad_token_id
         self.packing = packing
+        # a packed row computes logits only where the next token is learnt (the answer, not the prompt): the
+        # output layer (vocabulary x hidden, a fifth of a small model's compute) and the softmax skip the rest
+        self.keep_logits = keep_logits
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         import torch
@@ -370,8 +373,15 @@ class CausalCollator:
                 ids += list(f["input_ids"])
                 labels += list(f["labels"])
                 positions += range(len(f["input_ids"]))
-            return {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
-                    "position_ids": torch.tensor([positions])}
+            batch = {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
+                     "position_ids": torch.tensor([positions])}
+            if self.keep_logits:
+                # position p predicts token p + 1: keep p where that token counts, with its label already shifted
+                keep = torch.nonzero(batch["labels"][0, 1:] != IGNORE).squeeze(1)
+                if len(keep):
+                    batch["logits_to_keep"] = keep
+                    batch["shift_labels"] = batch["labels"][:, 1:][:, keep]
+            return batch
         width = max(len(f["input_ids"]) for f in features)
         batch = {
             "input_ids": torch.tensor([list(f["input_ids"]) + [self.pad_token_id] * (width - len(f["input_ids"]))
@@ -385,9 +395,21 @@ class CausalCollator:
         return batch
 
 
+def _keeps_logits(model: Any) -> bool:
+    """Whether the model's forward takes `logits_to_keep` (transformers' own decoders do; remote code may not)."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        return "logits_to_keep" in inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def collator(recipe: Recipe, tokenizer: Any, model: Any) -> Any:
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return CausalCollator(pad if pad is not None else 0, recipe.data.packing)
+    return CausalCollator(pad if pad is not None else 0, recipe.data.packing,
+                          keep_logits=recipe.data.packing and model is not None and _keeps_logits(model))
 
 
 # ---- evaluation -----------------------------------------------------------------------------------------
