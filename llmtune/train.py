@@ -269,6 +269,23 @@ def native_bf16() -> str | None:
     return None
 
 
+def release_freed_memory() -> None:
+    """Hand the heap pages training freed back to the OS before eval adds its own peak on top. Training with
+    varying batch shapes (bf16 autocast especially) leaves glibc's heap at 1.3-1.5 GB with under 0.3 GB live;
+    eval's allocations then come on top of that. No effect on any number; milliseconds."""
+    import gc
+    import sys
+
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc (musl, ...)
+            pass
+
+
 @contextlib.contextmanager
 def full_precision(model: Any) -> Any:
     """Evaluate without the autocast that Accelerate wraps around forward for mixed precision (put back after).
@@ -436,6 +453,7 @@ def finetune(recipe: Recipe, console: Any = None) -> dict[str, Any]:
     def run_eval() -> tuple[dict[str, float], list[dict[str, Any]]]:
         ctx = tasks.EvalContext(model=model, loader=ev_loader, accelerator=accelerator, recipe=recipe,
                                 tokenizer=tokenizer, info=info, split=splits["eval"])
+        release_freed_memory()
         with full_precision(model):
             metrics, records = task.evaluate(ctx)
         return {f"eval_{k}": v for k, v in metrics.items()}, records

@@ -323,6 +323,24 @@ def generated_length(tokenizer: Any, texts: list[str]) -> float:
     return sum(len(x) for x in ids) / len(ids)
 
 
+# rows of logits turned into log-probabilities at a time when scoring eval labels: a full eval batch's log-softmax
+# (32 rows x 64 labels x 30k vocabulary: 250 MB in fp32) would double the memory the logits already take
+LOSS_ROWS = 4
+
+
+def _label_nll(logits: Any, labels: Any) -> Any:
+    """Per-row summed cross-entropy of `labels` (-100 ignored), a few rows at a time.
+
+    Each row's value is the same whatever the chunk: log-softmax and the sum over positions stay within the row.
+    """
+    import torch
+
+    return torch.cat([torch.nn.functional.cross_entropy(logits[s:s + LOSS_ROWS].float().transpose(1, 2),
+                                                        labels[s:s + LOSS_ROWS], ignore_index=-100,
+                                                        reduction="none").sum(1)
+                      for s in range(0, labels.shape[0], LOSS_ROWS)])
+
+
 def _eval_loss(ctx: EvalContext) -> float | None:
     """Token-weighted mean cross-entropy over all eval labels (each row once, however many processes)."""
     import torch
@@ -337,9 +355,15 @@ def _eval_loss(ctx: EvalContext) -> float | None:
                 labels = batch.get("labels")
                 if labels is None:
                     return None
-                logits = model(**batch).logits.float()
-                nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100,
-                                                        reduction="none").sum(1)
+                if "decoder_input_ids" in batch:
+                    # the collator shifted the labels into decoder_input_ids; passed labels, the model would also
+                    # compute its own loss (another full-vocabulary log-softmax of the whole batch) for nothing
+                    del batch["labels"]
+                # no cache: nothing is decoded after this forward, and the cache would hold every layer's keys
+                # and values for the whole batch
+                logits = model(**batch, use_cache=False).logits
+                nll = _label_nll(logits, labels)
+                del logits  # before the next batch's forward, not after it
                 ntok = (labels != -100).sum(1)
                 # per row, so gather_for_metrics can drop the rows repeated to even out the last batch
                 nll, ntok = acc.gather_for_metrics((nll, ntok))
