@@ -40,13 +40,22 @@ def generate_texts(
 ) -> list[str]:
     """Generate one text per prompt, in the prompts' order.
 
-    Prompts are sorted longest first so each batch pads little (and the biggest batch comes first, so an
-    out-of-memory shows at once). With several processes each takes every n-th batch and the results are
-    gathered as objects, so every prompt is generated exactly once.
+    Prompts are tokenized once and sorted by token count, longest first, so each batch pads little (and the
+    biggest batch comes first, so an out-of-memory shows at once). Not by characters: characters per token vary
+    from text to text, and on SciTLDR batches formed by characters padded to 12% more positions, each paid for in
+    the encoder and again in every decoding step's cross-attention.
+    With several processes each takes every n-th batch and the results are gathered as objects, so every prompt
+    is generated exactly once.
     """
     import torch
 
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    if not prompts:
+        return []
+    # no token_type_ids: BERT tokenizers return them, T5's generate() rejects them, and they are all 0
+    encoded = tokenizer(prompts, truncation=True, max_length=max_input_length, add_special_tokens=add_special_tokens,
+                        return_token_type_ids=False)
+    # stable: equal lengths keep the prompts' order
+    order = sorted(range(len(prompts)), key=lambda i: -len(encoded["input_ids"][i]))
     batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
     kwargs = generation_kwargs(g, tokenizer)
@@ -62,10 +71,9 @@ def generate_texts(
     try:
         with torch.no_grad():
             for b in batches[rank::world]:
-                # no token_type_ids: BERT tokenizers return them, T5's generate() rejects them, and they are all 0
-                enc = tokenizer([prompts[i] for i in b], return_tensors="pt", padding=True, truncation=True,
-                                max_length=max_input_length, add_special_tokens=add_special_tokens,
-                                return_token_type_ids=False).to(device)
+                # padded as the tokenizer would have padded the batch's texts (side, pad id, mask) had it tokenized them
+                enc = tokenizer.pad({k: [v[i] for i in b] for k, v in encoded.items()}, padding=True,
+                                    return_tensors="pt").to(device)
                 if decoder_only:
                     enc.pop("token_type_ids", None)  # BERT-style tokenizers add them; decoders take none
                 out = model.generate(**enc, **kwargs)
