@@ -37,6 +37,48 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def tiny_t5(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer T5 (d_model 32) with random weights and MiniLM's WordPiece tokenizer (T5 starts decoding at PAD)."""
+    import torch
+    from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
+
+    folder = tmp_path_factory.mktemp("tiny-t5")
+    tok = AutoTokenizer.from_pretrained(minilm_dir())
+    torch.manual_seed(0)
+    cfg = T5Config(vocab_size=len(tok), d_model=32, d_kv=16, d_ff=64, num_layers=2, num_decoder_layers=2,
+                   num_heads=2, decoder_start_token_id=tok.pad_token_id, pad_token_id=tok.pad_token_id,
+                   eos_token_id=tok.sep_token_id, dropout_rate=0.0,  # no dropout: 1 and 2 processes agree
+                   initializer_factor=0.1)  # small weights: real words in 8 steps
+    model = T5ForConditionalGeneration(cfg)
+    model.generation_config.decoder_start_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.sep_token_id
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer Llama with random weights and SmolLM2's tokenizer (with its chat template)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from llmtune.models import ALIASES
+
+    smol = ALIASES["smollm2-135m"][0]()
+    tok = AutoTokenizer.from_pretrained(smol.path, gguf_file=smol.gguf_file)
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tok.save_pretrained(folder)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, intermediate_size=64, max_position_embeddings=512,
+                      tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id)
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    return folder
+
+
 POSITIVE = ["a wonderful, warm film", "great food and friendly staff", "I loved every minute of it",
             "excellent battery life", "the best book I read this year", "works perfectly, highly recommended",
             "charming and funny", "superb acting and a clever plot", "fast delivery and great quality",

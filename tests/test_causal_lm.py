@@ -16,27 +16,6 @@ from conftest import write_jsonl
 from llmtune.tasks import causal_lm as clm
 
 
-@pytest.fixture(scope="session")
-def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-layer Llama with random weights and SmolLM2's tokenizer (with its chat template)."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from llmtune.models import ALIASES
-
-    smol = ALIASES["smollm2-135m"][0]()
-    tok = AutoTokenizer.from_pretrained(smol.path, gguf_file=smol.gguf_file)
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    tok.save_pretrained(folder)
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, intermediate_size=64, max_position_embeddings=512,
-                      tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                      pad_token_id=tok.pad_token_id)
-    LlamaForCausalLM(cfg).save_pretrained(folder)
-    return folder
-
-
 def recipe_dict(model: Path | str, out: Path, **extra: Any) -> dict[str, Any]:
     recipe: dict[str, Any] = {
         "task": "causal_lm",

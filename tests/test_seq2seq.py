@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import REPO, minilm_dir
+from conftest import REPO
 
 from llmtune.data import Split
 from llmtune.errors import LlmtuneError
@@ -33,27 +33,6 @@ def _one_thread() -> Any:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="session")
-def tiny_t5(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-layer T5 (d_model 32) with random weights and MiniLM's WordPiece tokenizer (T5 starts decoding at PAD)."""
-    import torch
-    from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
-
-    folder = tmp_path_factory.mktemp("tiny-t5")
-    tok = AutoTokenizer.from_pretrained(minilm_dir())
-    torch.manual_seed(0)
-    cfg = T5Config(vocab_size=len(tok), d_model=32, d_kv=16, d_ff=64, num_layers=2, num_decoder_layers=2,
-                   num_heads=2, decoder_start_token_id=tok.pad_token_id, pad_token_id=tok.pad_token_id,
-                   eos_token_id=tok.sep_token_id, dropout_rate=0.0,  # no dropout: 1 and 2 processes agree
-                   initializer_factor=0.1)  # small weights: real words in 8 steps
-    model = T5ForConditionalGeneration(cfg)
-    model.generation_config.decoder_start_token_id = tok.pad_token_id
-    model.generation_config.eos_token_id = tok.sep_token_id
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
 
 
 def seq2seq_recipe(path: Path, model: Path, out: Path, task: str, data: dict[str, Any], **train: Any) -> Path:
