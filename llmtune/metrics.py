@@ -708,3 +708,462 @@ def paired_bootstrap(
     """Paired bootstrap test of system b against system a (see `paired_test`; sacreBLEU's seed is 12345)."""
     return paired_test(prepare(metric_name, preds_a, references, **options),
                        prepare(metric_name, preds_b, references, **options), n=n, seed=seed)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Token classification (NER): entity-level precision, recall and F1 by seqeval
+#
+# The entities come from seqeval's own functions (`get_entities` in the default mode, `Entities` in strict
+# mode); the counting and dividing are redone here per sentence, with seqeval's formulas, so that the
+# corpus numbers are seqeval's to the last digit and bootstrap resamples of sentences cost a matrix product.
+
+
+SEQEVAL_SCHEMES = ("IOB1", "IOB2", "IOE1", "IOE2", "IOBES", "BILOU")
+
+
+def _tag_sequences(sequences: Sequence[Sequence[str]], side: str) -> list[list[str]]:
+    out: list[list[str]] = []
+    for i, seq in enumerate(sequences):
+        if isinstance(seq, str):
+            raise TypeError(f"{side} sentence {i} is a string, not a list of tags")
+        tags = list(seq)
+        for j, tag in enumerate(tags):
+            if not isinstance(tag, str):
+                raise TypeError(f"{side} sentence {i}, position {j}: tag is {type(tag).__name__}, not str")
+            if not tag:
+                raise ValueError(f"{side} sentence {i}, position {j}: empty tag")
+        out.append(tags)
+    return out
+
+
+def _seqeval_scheme(scheme: str | None) -> Any:
+    if scheme is None:
+        return None
+    if not isinstance(scheme, str) or scheme.upper() not in SEQEVAL_SCHEMES:
+        raise ValueError(f"unknown tagging scheme {scheme!r}; choose from {', '.join(SEQEVAL_SCHEMES)} "
+                         "(or None for seqeval's default, lenient mode)")
+    from seqeval import scheme as schemes
+
+    return getattr(schemes, scheme.upper())
+
+
+def _check_scheme_tags(sequences: list[list[str]], scheme_cls: Any, side: str) -> None:
+    """Strict mode: every tag's prefix must belong to the scheme.
+
+    seqeval raises on its own, but unhelpfully: a KeyError ('X') for an unknown prefix, a ValueError that
+    names neither sentence nor position for a prefix outside the scheme (E- in IOB2).
+    """
+    from seqeval.scheme import Prefixes
+
+    allowed = scheme_cls.allowed_prefix
+    for i, seq in enumerate(sequences):
+        for j, tag in enumerate(seq):
+            prefix = Prefixes.get(tag[0])
+            if prefix is None or prefix not in allowed:
+                names = ", ".join(p for p in "BIOESUL" if Prefixes[p] in allowed)
+                raise ValueError(f"{side} sentence {i}, position {j}: tag {tag!r} is not valid in the "
+                                 f"{scheme_cls.__name__} scheme (prefixes {names}, e.g. B-PER)")
+
+
+def _sentence_entities(sequences: list[list[str]], scheme_cls: Any) -> list[set[tuple[str, int, int]]]:
+    """Each sentence's entities as (type, start, end), found exactly as seqeval finds them."""
+    if scheme_cls is not None:
+        from seqeval.scheme import Entities
+
+        return [{(e.tag, e.start, e.end) for e in ents} for ents in Entities(sequences, scheme_cls).entities]
+    import bisect
+
+    from seqeval.metrics.sequence_labeling import get_entities
+
+    # seqeval's default mode runs over the whole corpus with an "O" after each sentence; doing the same (rather
+    # than one call per sentence) keeps its results even for odd tags. Positions are then corpus offsets.
+    starts = [0]
+    for seq in sequences[:-1]:
+        starts.append(starts[-1] + len(seq) + 1)
+    out: list[set[tuple[str, int, int]]] = [set() for _ in sequences]
+    for type_name, start, end in get_entities(sequences):
+        out[bisect.bisect_right(starts, start) - 1].add((type_name, start, end))
+    return out
+
+
+def _seqeval_rows(predictions: Sequence[Sequence[str]], references: Sequence[Sequence[str]],
+                  scheme: str | None) -> tuple[list[str], np.ndarray]:
+    """Entity types (sorted, as seqeval reports them) and one row of counts per sentence.
+
+    Columns: true positives, predicted and true entities per type (3 blocks of len(types)), then correct
+    tokens and tokens.
+    """
+    _check_lengths(predictions, references)
+    preds = _tag_sequences(predictions, "predictions")
+    refs = _tag_sequences(references, "references")
+    for i, (p, r) in enumerate(zip(preds, refs, strict=True)):
+        if len(p) != len(r):
+            raise ValueError(f"sentence {i}: {len(p)} predicted tags but {len(r)} reference tags")
+    if not any(refs):
+        raise ValueError("no tokens to score: every sentence is empty")
+    scheme_cls = _seqeval_scheme(scheme)
+    if scheme_cls is not None:
+        _check_scheme_tags(refs, scheme_cls, "references")
+        _check_scheme_tags(preds, scheme_cls, "predictions")
+    true_ents = _sentence_entities(refs, scheme_cls)
+    pred_ents = _sentence_entities(preds, scheme_cls)
+    types = sorted({e[0] for ents in true_ents + pred_ents for e in ents})
+    index = {t: k for k, t in enumerate(types)}
+    n_types = len(types)
+    rows = np.zeros((len(refs), 3 * n_types + 2), dtype=np.int64)
+    for i, (te, pe, p, r) in enumerate(zip(true_ents, pred_ents, preds, refs, strict=True)):
+        for block, ents in ((0, te & pe), (1, pe), (2, te)):
+            for e in ents:
+                rows[i, block * n_types + index[e[0]]] += 1
+        rows[i, 3 * n_types] = sum(a == b for a, b in zip(r, p, strict=True))
+        rows[i, 3 * n_types + 1] = len(r)
+    return types, rows
+
+
+def _prf(tp: np.ndarray, n_pred: np.ndarray, n_true: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """seqeval's precision, recall and F1 (zero_division=0), elementwise; the same operations in the same order."""
+    precision = np.divide(tp, n_pred, out=np.zeros(np.shape(tp)), where=n_pred > 0)
+    recall = np.divide(tp, n_true, out=np.zeros(np.shape(tp)), where=n_true > 0)
+    denom = precision + recall
+    f1 = np.divide(2.0 * precision * recall, denom, out=np.zeros(np.shape(tp)), where=denom > 0)
+    return precision, recall, f1
+
+
+def _seqeval_from_sums(sums: np.ndarray, types: Sequence[str], numbers: bool) -> dict[str, np.ndarray]:
+    """Scores from count sums of shape (B, columns): one value per row for each key."""
+    k = len(types)
+    tp, n_pred, n_true = sums[:, :k], sums[:, k : 2 * k], sums[:, 2 * k : 3 * k]
+    precision, recall, f1 = _prf(tp.sum(axis=1), n_pred.sum(axis=1), n_true.sum(axis=1))
+    tokens = sums[:, 3 * k + 1]
+    out = {"precision": precision, "recall": recall, "f1": f1,
+           # A resample of only empty sentences has no token accuracy (NaN), as seqeval has none (ZeroDivisionError).
+           "accuracy": np.divide(sums[:, 3 * k], tokens, out=np.full(len(sums), np.nan), where=tokens > 0)}
+    p_t, r_t, f_t = _prf(tp, n_pred, n_true)
+    for j, t in enumerate(types):
+        out[f"{t}_precision"], out[f"{t}_recall"], out[f"{t}_f1"] = p_t[:, j], r_t[:, j], f_t[:, j]
+        if numbers:
+            out[f"{t}_number"] = n_true[:, j]
+    return out
+
+
+def seqeval_metrics(
+    predictions: list[list[str]],
+    references: list[list[str]],
+    scheme: str | None = None,
+) -> dict[str, float]:
+    """Entity-level scores of tag sequences as seqeval gives them (what run_ner.py and `evaluate`'s seqeval report).
+
+    `precision`, `recall`, `f1`: micro average over all entities; `accuracy`: token accuracy; then per entity
+    type T (sorted): `T_precision`, `T_recall`, `T_f1` and `T_number` (its count in the references). Fractions
+    in [0, 1]; a division by zero gives 0 (seqeval's zero_division default).
+
+    `scheme=None` is seqeval's default mode (conlleval-compatible, lenient: an I- without a B- still starts an
+    entity, E-/S- tags are understood). `scheme="IOB2"`, `"IOBES"` (or another of SEQEVAL_SCHEMES) is
+    `mode="strict"` with that scheme: an entity counts only if it is well formed, and a tag whose prefix is not
+    in the scheme raises ValueError naming the sentence and position. Every sentence must have as many
+    predicted tags as reference tags.
+    """
+    return _seqeval_values(*_seqeval_rows(predictions, references, scheme))
+
+
+def _seqeval_values(types: list[str], rows: np.ndarray) -> dict[str, float]:
+    scores = _seqeval_from_sums(rows.sum(axis=0)[None, :], types, numbers=True)
+    return {key: int(v[0]) if key.endswith("_number") else float(v[0]) for key, v in scores.items()}
+
+
+def prepare_seqeval(predictions: list[list[str]], references: list[list[str]],
+                    scheme: str | None = None) -> MetricStats:
+    """`seqeval_metrics` without the `_number` counts, plus per-sentence counts for resampling sentences.
+
+    Use it with `confidence_interval` and `paired_test`. In a resample a type may be missing: its scores are
+    then 0 (seqeval would not list it).
+    """
+    types, rows = _seqeval_rows(predictions, references, scheme)
+    values = {key: v for key, v in _seqeval_values(types, rows).items() if not key.endswith("_number")}
+    matrix = rows.astype(np.float64)  # integer counts: the products below are exact
+
+    def resample(counts: np.ndarray) -> dict[str, np.ndarray]:
+        return _seqeval_from_sums(counts @ matrix, types, numbers=False)
+
+    return MetricStats("seqeval", values, len(rows), resample)
+
+
+def seqeval_bootstrap_ci(
+    predictions: list[list[str]],
+    references: list[list[str]],
+    scheme: str | None = None,
+    n: int = 1000,
+    seed: int | None = 0,
+    alpha: float = 0.05,
+) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap (1 - alpha) interval of every `seqeval_metrics` score, resampling sentences.
+
+    The same intervals as `bootstrap_ci(seqeval_metrics, ...)` re-running seqeval on each resample would give,
+    from summed per-sentence counts instead.
+    """
+    return confidence_interval(prepare_seqeval(predictions, references, scheme), n=n, seed=seed, alpha=alpha)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Extractive QA: SQuAD v1.1 and v2.0 exact match and F1, as the official evaluation scripts compute them
+#
+# Sums run in the references' order with the scripts' own operations (v1.1 `+=`, v2.0 `sum()`, which since
+# Python 3.12 is compensated), so the totals match the scripts to the last digit on any Python.
+
+_SQUAD_PUNCTUATION = frozenset(string.punctuation)
+_SQUAD_ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
+
+
+def squad_normalize_answer(text: str) -> str:
+    """SQuAD's `normalize_answer`: lower-case, drop ASCII punctuation, the articles a/an/the, extra whitespace."""
+    text = "".join(ch for ch in text.lower() if ch not in _SQUAD_PUNCTUATION)
+    return " ".join(_SQUAD_ARTICLES.sub(" ", text).split())
+
+
+def _squad_f1(gold_tokens: list[str], pred_tokens: list[str], v2: bool) -> float:
+    from collections import Counter
+
+    if v2 and (not gold_tokens or not pred_tokens):
+        # v2.0: if either is no-answer, F1 is 1 if both are, else 0. v1.1 has no such rule (empty vs empty: 0).
+        return int(gold_tokens == pred_tokens)
+    num_same = sum((Counter(gold_tokens) & Counter(pred_tokens)).values())
+    if num_same == 0:
+        return 0
+    precision = 1.0 * num_same / len(pred_tokens)
+    recall = 1.0 * num_same / len(gold_tokens)
+    return (2 * precision * recall) / (precision + recall)
+
+
+def _squad_inputs(predictions: Any, references: Any, allow_empty: bool) -> list[tuple[str, list[str]]]:
+    if not hasattr(predictions, "keys") or not hasattr(references, "items"):
+        raise TypeError("SQuAD predictions and references are dicts keyed by question id")
+    if not references:
+        raise ValueError("no questions to score")
+    out = []
+    for qid, answers in references.items():
+        group = [answers] if isinstance(answers, str) else list(answers)
+        if not group and not allow_empty:
+            raise ValueError(f"question {qid!r} has no reference answer (SQuAD v1.1 needs at least one)")
+        for a in group:
+            if not isinstance(a, str):
+                raise TypeError(f"a reference answer of question {qid!r} is {type(a).__name__}, not str")
+        if qid in predictions and not isinstance(predictions[qid], str):
+            raise TypeError(f"prediction for question {qid!r} is {type(predictions[qid]).__name__}, not str")
+        out.append((qid, group))
+    return out
+
+
+def _warn_missing(missing: list[str], total: int) -> None:
+    if missing:
+        import warnings
+
+        shown = ", ".join(map(repr, missing[:3])) + (", ..." if len(missing) > 3 else "")
+        warnings.warn(f"{len(missing)} of {total} questions have no prediction and score 0: {shown}",
+                      stacklevel=3)
+
+
+def _squad_v1_scores(predictions: dict[str, str],
+                     references: dict[str, list[str]]) -> tuple[list[Any], list[Any], list[str]]:
+    """Per question (reference order): exact match and F1, None where the prediction is missing."""
+    exact, f1, missing = [], [], []
+    for qid, answers in _squad_inputs(predictions, references, allow_empty=False):
+        if qid not in predictions:
+            missing.append(qid)
+            exact.append(None)
+            f1.append(None)
+            continue
+        pred = squad_normalize_answer(predictions[qid])
+        pred_tokens = pred.split()
+        golds = [squad_normalize_answer(a) for a in answers]
+        exact.append(max(pred == g for g in golds))
+        f1.append(max(_squad_f1(g.split(), pred_tokens, v2=False) for g in golds))
+    return exact, f1, missing
+
+
+def _squad_v1_totals(exact: list[Any], f1: list[Any], missing: list[str]) -> dict[str, float]:
+    em_sum = f1_sum = 0
+    for e, f in zip(exact, f1, strict=True):
+        if e is not None:  # the official script: an unanswered question adds nothing but counts in the total
+            em_sum += e
+            f1_sum += f
+    total = len(exact)
+    return {"exact_match": 100.0 * em_sum / total, "f1": 100.0 * f1_sum / total, "missing_predictions": len(missing)}
+
+
+def _mean_stats_with_values(name: str, rows: np.ndarray, keys: Sequence[str],
+                            values: dict[str, float]) -> MetricStats:
+    # The point values stay the official script's sums; only the resamples use matrix products.
+    return MetricStats(name, {key: values[key] for key in keys}, rows.shape[0], _mean_resampler(rows, keys))
+
+
+def squad_v1(predictions: dict[str, str], references: dict[str, list[str]]) -> dict[str, float]:
+    """SQuAD v1.1 `exact_match` and `f1` (0-100), as the official script and `evaluate`'s squad metric.
+
+    predictions: question id -> answer text; references: question id -> its gold answers (the best one counts).
+    A question without a prediction scores 0 and still counts, as in the official script (which prints a
+    message; here a warning); `missing_predictions` says how many. Predictions for unknown ids are ignored.
+    """
+    exact, f1, missing = _squad_v1_scores(predictions, references)
+    _warn_missing(missing, len(exact))
+    return _squad_v1_totals(exact, f1, missing)
+
+
+def prepare_squad_v1(predictions: dict[str, str], references: dict[str, list[str]]) -> MetricStats:
+    """`squad_v1`'s exact_match and f1, plus per-question scores for resampling questions."""
+    exact, f1, missing = _squad_v1_scores(predictions, references)
+    _warn_missing(missing, len(exact))
+    values = _squad_v1_totals(exact, f1, missing)
+    rows = 100.0 * np.array([[float(e or 0), float(f or 0)] for e, f in zip(exact, f1, strict=True)])
+    return _mean_stats_with_values("squad_v1", rows, ["exact_match", "f1"], values)
+
+
+@dataclass(frozen=True)
+class _SquadV2Scores:
+    qids: list[str]
+    has_ans: dict[str, bool]
+    exact_raw: dict[str, int]
+    f1_raw: dict[str, float]
+    exact: dict[str, float]  # after the no-answer threshold; missing predictions absent
+    f1: dict[str, float]
+    missing: list[str]
+
+
+def _squad_v2_scores(predictions: dict[str, str], references: dict[str, list[str]],
+                     na_probs: dict[str, float] | None, na_prob_thresh: float) -> _SquadV2Scores:
+    qids, has_ans, exact_raw, f1_raw, missing = [], {}, {}, {}, []
+    for qid, answers in _squad_inputs(predictions, references, allow_empty=True):
+        qids.append(qid)
+        # The official script: answerable when the answer list is non-empty. A list of empty strings ([""], how
+        # a no-answer gold is often written) counts as unanswerable here; on SQuAD data the two never differ.
+        has_ans[qid] = any(a != "" for a in answers)
+        gold = [a for a in answers if squad_normalize_answer(a)] or [""]
+        if qid not in predictions:
+            missing.append(qid)
+            continue
+        pred = predictions[qid]
+        pred_norm = squad_normalize_answer(pred)
+        pred_tokens = pred_norm.split() if pred else []
+        exact_raw[qid] = max(int(squad_normalize_answer(a) == pred_norm) for a in gold)
+        f1_raw[qid] = max(_squad_f1(squad_normalize_answer(a).split() if a else [], pred_tokens, v2=True)
+                          for a in gold)
+    if na_probs is None:
+        na_probs = {qid: 0.0 for qid in predictions}  # the official default: no question is predicted no-answer
+    absent = [qid for qid in exact_raw if qid not in na_probs]
+    if absent:
+        raise ValueError(f"na_probs has no probability for {len(absent)} answered questions, e.g. {absent[0]!r}")
+    exact: dict[str, float] = {}
+    f1: dict[str, float] = {}
+    for qid in exact_raw:  # apply_no_ans_threshold
+        if na_probs[qid] > na_prob_thresh:
+            exact[qid] = f1[qid] = float(not has_ans[qid])
+        else:
+            exact[qid], f1[qid] = exact_raw[qid], f1_raw[qid]
+    return _SquadV2Scores(qids, has_ans, exact_raw, f1_raw, exact, f1, missing)
+
+
+def _squad_v2_best_thresh(predictions: dict[str, str], scores: _SquadV2Scores, raw: dict[str, Any],
+                          na_probs: dict[str, float]) -> tuple[float, float]:
+    """The official find_best_thresh: walk questions by rising no-answer probability, answering each in turn."""
+    # Counted over answered questions so a missing prediction scores 0 at every threshold (the script would
+    # count an unanswered no-answer question as right); with every question answered this is the script's count.
+    cur_score = sum(1 for qid in raw if not scores.has_ans[qid])
+    best_score = cur_score
+    best_thresh = 0.0
+    for qid in sorted(na_probs, key=lambda k: na_probs[k]):
+        if qid not in raw:
+            continue
+        if scores.has_ans[qid]:
+            diff = raw[qid]
+        else:
+            diff = -1 if predictions[qid] else 0
+        cur_score += diff
+        if cur_score > best_score:
+            best_score = cur_score
+            best_thresh = na_probs[qid]
+    return 100.0 * best_score / len(scores.qids), best_thresh
+
+
+def _squad_v2_eval(scores: _SquadV2Scores, qid_list: list[str]) -> dict[str, float]:
+    # make_eval_dict; a missing prediction adds nothing to the sums but counts in the total.
+    answered = [k for k in qid_list if k in scores.exact]
+    return {"exact": 100.0 * sum(scores.exact[k] for k in answered) / len(qid_list),
+            "f1": 100.0 * sum(scores.f1[k] for k in answered) / len(qid_list),
+            "total": len(qid_list)}
+
+
+def _squad_v2_totals(predictions: dict[str, str], scores: _SquadV2Scores,
+                     na_probs: dict[str, float] | None) -> dict[str, float]:
+    out = _squad_v2_eval(scores, scores.qids)
+    for prefix, qid_list in (("HasAns", [k for k in scores.qids if scores.has_ans[k]]),
+                             ("NoAns", [k for k in scores.qids if not scores.has_ans[k]])):
+        if qid_list:
+            out.update({f"{prefix}_{key}": v for key, v in _squad_v2_eval(scores, qid_list).items()})
+    if na_probs is not None:
+        out["best_exact"], out["best_exact_thresh"] = _squad_v2_best_thresh(predictions, scores, scores.exact_raw,
+                                                                            na_probs)
+        out["best_f1"], out["best_f1_thresh"] = _squad_v2_best_thresh(predictions, scores, scores.f1_raw, na_probs)
+    out["missing_predictions"] = len(scores.missing)
+    return out
+
+
+def squad_v2(
+    predictions: dict[str, str],
+    references: dict[str, list[str]],
+    na_probs: dict[str, float] | None = None,
+    na_prob_thresh: float = 1.0,
+) -> dict[str, float]:
+    """SQuAD v2.0 scores (0-100) with the official script's keys: exact, f1, total, HasAns_exact, HasAns_f1,
+    HasAns_total, NoAns_exact, NoAns_f1, NoAns_total (a split only when it has questions).
+
+    references: question id -> gold answers; `[]` or `[""]` marks an unanswerable question, whose only right
+    answer is "" (F1 of empty vs empty is 1). na_probs: question id -> probability of no answer; a question
+    whose probability exceeds `na_prob_thresh` counts as answered with "" (apply_no_ans_threshold). With
+    na_probs, also best_exact, best_exact_thresh, best_f1, best_f1_thresh (the best threshold found on these
+    very questions: an oracle, for analysis). A question without a prediction scores 0 and still counts
+    (`missing_predictions` says how many; the official script fails on it with a KeyError).
+    """
+    scores = _squad_v2_scores(predictions, references, na_probs, na_prob_thresh)
+    _warn_missing(scores.missing, len(scores.qids))
+    return _squad_v2_totals(predictions, scores, na_probs)
+
+
+def prepare_squad_v2(predictions: dict[str, str], references: dict[str, list[str]],
+                     na_probs: dict[str, float] | None = None, na_prob_thresh: float = 1.0) -> MetricStats:
+    """`squad_v2`'s exact and f1 overall, HasAns_ and NoAns_ (not the totals or the oracle best_*), for resampling.
+
+    A resample without any question of a split gives NaN for that split.
+    """
+    scores = _squad_v2_scores(predictions, references, na_probs, na_prob_thresh)
+    _warn_missing(scores.missing, len(scores.qids))
+    totals = _squad_v2_totals(predictions, scores, None)
+    rows = 100.0 * np.array([[float(scores.exact.get(k, 0.0)), float(scores.f1.get(k, 0.0))] for k in scores.qids])
+    has = np.array([scores.has_ans[k] for k in scores.qids], dtype=np.float64)
+    keys = ["exact", "f1"] + [f"{p}_{m}" for p in ("HasAns", "NoAns") for m in ("exact", "f1")
+                              if f"{p}_{m}" in totals]
+
+    def resample(counts: np.ndarray) -> dict[str, np.ndarray]:
+        out = {"exact": counts @ rows[:, 0] / len(rows), "f1": counts @ rows[:, 1] / len(rows)}
+        for prefix, mask in (("HasAns", has), ("NoAns", 1.0 - has)):
+            if f"{prefix}_exact" in totals:
+                size = counts @ mask
+                sums = (counts * mask) @ rows
+                for j, metric in enumerate(("exact", "f1")):
+                    out[f"{prefix}_{metric}"] = np.divide(sums[:, j], size, out=np.full(len(counts), np.nan),
+                                                          where=size > 0)
+        return out
+
+    return MetricStats("squad_v2", {key: totals[key] for key in keys}, len(rows), resample)
+
+
+def squad_v1_bootstrap_ci(predictions: dict[str, str], references: dict[str, list[str]], n: int = 1000,
+                          seed: int | None = 0, alpha: float = 0.05) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap (1 - alpha) interval of SQuAD v1.1 exact_match and f1, resampling questions."""
+    return confidence_interval(prepare_squad_v1(predictions, references), n=n, seed=seed, alpha=alpha)
+
+
+def squad_v2_bootstrap_ci(predictions: dict[str, str], references: dict[str, list[str]],
+                          na_probs: dict[str, float] | None = None, na_prob_thresh: float = 1.0, n: int = 1000,
+                          seed: int | None = 0, alpha: float = 0.05) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap (1 - alpha) interval of SQuAD v2.0 exact and f1 (overall, HasAns_, NoAns_)."""
+    return confidence_interval(prepare_squad_v2(predictions, references, na_probs, na_prob_thresh),
+                               n=n, seed=seed, alpha=alpha)
