@@ -108,10 +108,22 @@ def installed_versions() -> dict[str, str]:
 
     found: dict[str, str] = {}
     for dist in metadata.distributions():
-        name = dist.metadata["Name"]
+        name, version = _name_version(dist)
         if name:
-            found.setdefault(normalize(name), dist.version)
+            found.setdefault(normalize(name), version)
     return found
+
+
+def _name_version(dist: Any) -> tuple[str | None, str]:
+    """Name and Version from the metadata file's headers, read with a regex: the email parser behind
+    `dist.metadata` takes ~4 ms a package, 0.35 s for a venv like ours."""
+    text = dist.read_text("METADATA") or dist.read_text("PKG-INFO") or ""
+    head = re.split(r"\r?\n\r?\n", text, maxsplit=1)[0]
+    name = re.search(r"(?mi)^Name:[ \t]*(\S.*?)\s*$", head)
+    version = re.search(r"(?mi)^Version:[ \t]*(\S.*?)\s*$", head)
+    if name and version:
+        return name[1], version[1]
+    return dist.metadata["Name"], dist.version
 
 
 def same_version(installed: str, tested: str) -> bool:
@@ -297,8 +309,9 @@ def pulled_by_install(roots: tuple[str, ...] = ("llmtune[test]",), no_deps: tupl
 
     dists = {}
     for dist in metadata.distributions():
-        if dist.metadata["Name"]:
-            dists.setdefault(normalize(dist.metadata["Name"]), dist)
+        name, _ = _name_version(dist)
+        if name:
+            dists.setdefault(normalize(name), dist)
     env = _marker_env()
     found = {normalize(n) for n in no_deps if normalize(n) in dists}
     todo: list[tuple[str, frozenset[str]]] = []
