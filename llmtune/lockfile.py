@@ -301,10 +301,28 @@ def marker_holds(marker: str, env: dict[str, str] | None = None) -> bool:
 _REQ_NAME = re.compile(r"^\s*([A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)\s*(?:\[([^\]]*)\])?")
 
 
-def pulled_by_install(roots: tuple[str, ...] = ("llmtune[test]",), no_deps: tuple[str, ...] = ()) -> set[str]:
-    """Normalized names of what installing `roots` pulls in this interpreter (their installed dependencies,
-    markers and extras followed), plus `no_deps` (installed with --no-deps). A package installed by hand is not
-    in it, so `make lock` does not pin it."""
+def checkout_requires() -> list[str] | None:
+    """llmtune's requirements as pyproject.toml in the checkout declares them now (an editable install's metadata
+    is as old as its last `pip install -e`), in the form of `Distribution.requires`; None outside a checkout."""
+    pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        return None
+    try:
+        project = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]
+    except (OSError, KeyError, ValueError):
+        return None
+    if normalize(project.get("name", "")) != "llmtune":
+        return None
+    requires = list(project.get("dependencies", []))
+    for extra, reqs in project.get("optional-dependencies", {}).items():
+        requires += [f"{r.split(';')[0].strip()}; extra == \"{extra}\"" for r in reqs]
+    return requires
+
+
+def _walk(roots: tuple[str, ...], no_deps: tuple[str, ...]) -> tuple[set[str], set[str]]:
+    """(installed names that installing `roots` pulls, names llmtune requires here that are not installed)."""
     from importlib import metadata
 
     dists = {}
@@ -314,6 +332,7 @@ def pulled_by_install(roots: tuple[str, ...] = ("llmtune[test]",), no_deps: tupl
             dists.setdefault(normalize(name), dist)
     env = _marker_env()
     found = {normalize(n) for n in no_deps if normalize(n) in dists}
+    missing: set[str] = set()
     todo: list[tuple[str, frozenset[str]]] = []
     for root in roots:
         m = _REQ_NAME.match(root)
@@ -326,15 +345,26 @@ def pulled_by_install(roots: tuple[str, ...] = ("llmtune[test]",), no_deps: tupl
             continue
         seen.add((name, extras))
         found.add(name)
-        for req in dists[name].requires or []:
+        requires = (checkout_requires() if name == "llmtune" else None) or dists[name].requires or []
+        for req in requires:
             spec, _, marker = req.partition(";")
             m = _REQ_NAME.match(spec)
             if not m:
                 continue
             if marker.strip() and not any(marker_holds(marker, {**env, "extra": e}) for e in (extras or {""})):
                 continue
-            todo.append((normalize(m[1]), frozenset(normalize(e) for e in (m[2] or "").split(",") if e.strip())))
-    return found
+            dep = normalize(m[1])
+            if name == "llmtune" and dep not in dists:
+                missing.add(dep)
+            todo.append((dep, frozenset(normalize(e) for e in (m[2] or "").split(",") if e.strip())))
+    return found, missing
+
+
+def pulled_by_install(roots: tuple[str, ...] = ("llmtune[test]",), no_deps: tuple[str, ...] = ()) -> set[str]:
+    """Normalized names of what installing `roots` pulls in this interpreter (their installed dependencies,
+    markers and extras followed; llmtune's from pyproject.toml in a checkout), plus `no_deps` (installed with
+    --no-deps). A package installed by hand is not in it, so `make lock` does not pin it."""
+    return _walk(roots, no_deps)[0]
 
 
 def render(freeze: str, torch_version: str | None = None, keep: set[str] | None = None) -> str:
@@ -359,9 +389,12 @@ def lock(output: Path | str = FILENAME, torch_version: str | None = None, no_dep
 
     freeze = subprocess.run([sys.executable, "-m", "pip", "freeze", "--exclude-editable"], check=True,
                             capture_output=True, text=True).stdout
-    keep = pulled_by_install(no_deps=no_deps)
+    keep, missing = _walk(("llmtune[test]",), no_deps)
     if "llmtune" not in keep:
         raise RuntimeError("llmtune is not installed in this interpreter: run `make install-latest` first")
+    if missing:
+        raise RuntimeError(f"llmtune requires {', '.join(sorted(missing))}, not installed here: a tested set "
+                           "comes from a complete install (`make install-latest`, then the suite)")
     text = render(freeze, torch_version, keep)
     Path(output).write_text(text, encoding="utf-8")
     notes = []

@@ -169,6 +169,14 @@ def test_pulled_by_install_follows_dependencies_not_hand_installs() -> None:
     assert pulled <= set(lockfile.installed_versions())
 
 
+def test_checkout_requires_reads_pyproject() -> None:
+    requires = lockfile.checkout_requires()
+    assert requires is not None, "in a checkout, with Python >= 3.11"
+    names = {lockfile.normalize(re.match(r"[A-Za-z0-9._-]+", r)[0]) for r in requires}
+    assert {"transformers", "torch", "pytest", "bitsandbytes"} <= names
+    assert any(r.startswith("pytest") and r.endswith('extra == "test"') for r in requires)
+
+
 # --- the real file --------------------------------------------------------------------------------------------
 
 
@@ -201,7 +209,7 @@ def test_every_dependency_of_llmtune_is_pinned() -> None:
     """A dependency added to pyproject.toml without `make lock` would install unpinned."""
     tested = lockfile.tested_set()
     missing = []
-    for req in metadata.requires("llmtune") or []:
+    for req in lockfile.checkout_requires() or metadata.requires("llmtune") or []:
         name, _, marker = req.partition(";")
         if "extra ==" in marker and "test" not in marker:
             continue  # the optional extras `make install` does not install (tracking, qlora)
