@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from llmtune.errors import LlmtuneError
-from llmtune.recipe import Recipe
+from llmtune.schema import Recipe
 
 BUNDLED_DIR = Path(__file__).parent / "datasets"
 BUILTIN_PREFIX = "llmtune:"
@@ -100,17 +100,18 @@ def load_file(path_str: str, key: str, recipe: Recipe, lines: bool = False) -> A
     import datasets
 
     if "{lang}" in path_str:
-        d = recipe.data
-        if not (d.source_lang and d.target_lang):
+        # line-aligned translation corpora; only a task with data.source_lang/target_lang (seq2seq) has the keys
+        src, tgt = getattr(recipe.data, "source_lang", None), getattr(recipe.data, "target_lang", None)
+        if not (src and tgt):
             raise LlmtuneError(f"{key}: '{{lang}}' in the path needs data.source_lang and data.target_lang")
         parts = []
-        for lang in (d.source_lang, d.target_lang):
+        for lang in (src, tgt):
             # line-aligned corpora are named by language (train.en.gz): read them as one text per line
             ds = load_file(_expand_lang(path_str, lang), key, recipe, lines=True)
             parts.append(ds.rename_column(ds.column_names[0], lang))
         if len(parts[0]) != len(parts[1]):
-            raise LlmtuneError(f"{key} {path_str}: the {d.source_lang} file has {len(parts[0])} lines but the "
-                               f"{d.target_lang} file has {len(parts[1])}; line-aligned files must match")
+            raise LlmtuneError(f"{key} {path_str}: the {src} file has {len(parts[0])} lines but the "
+                               f"{tgt} file has {len(parts[1])}; line-aligned files must match")
         return datasets.concatenate_datasets(parts, axis=1)
 
     path = Path(path_str).expanduser()
@@ -119,13 +120,19 @@ def load_file(path_str: str, key: str, recipe: Recipe, lines: bool = False) -> A
     if path.is_dir():
         raise LlmtuneError(f"{key}: {path_str} is a folder, expected a data file")
     suffix = _suffix(path)
+    # a task's Data class may read file formats of its own (`file_reader(suffix)`: CoNLL for token_classification);
+    # a reader that returns None leaves the file to the usual parser (SQuAD's nested .json vs a plain .json list)
+    file_reader = getattr(recipe.data, "file_reader", None)
+    reader = None if lines or file_reader is None else file_reader(suffix)
     builder = FORMATS.get(suffix) or ("text" if lines else None)
-    if builder is None:
+    if builder is None and reader is None:
         raise LlmtuneError(f"{key} {path_str}: unsupported file type '{suffix or path.name}'; use one of "
                            + ", ".join(FORMATS) + " (optionally .gz)")
     if path.stat().st_size == 0:
         raise LlmtuneError(f"{key} {path_str}: the file is empty")
     check_utf8(path, key)
+    if reader is not None and (ds := reader(path, key)) is not None:
+        return ds
     check_structure(path, suffix, key)
     kwargs: dict[str, Any] = {}
     if suffix == ".tsv":
