@@ -578,6 +578,17 @@ class MetricSpec:
     prepare: Callable[..., MetricStats]
     text_references: bool  # True: strings, several per example allowed; False: one label per example
     higher_is_better: bool = True
+    tag_sequences: bool = False  # predictions and references are lists of tags, one list per sentence (seqeval)
+
+
+def seqeval(predictions: list[list[str]], references: list[list[str]], scheme: str | None = None) -> dict[str, float]:
+    """`seqeval_metrics` (defined below, with the NER code) under the registry's name."""
+    return seqeval_metrics(predictions, references, scheme)
+
+
+def _prepare_seqeval(predictions: list[list[str]], references: list[list[str]],
+                     scheme: str | None = None) -> MetricStats:
+    return prepare_seqeval(predictions, references, scheme)
 
 
 METRICS: dict[str, MetricSpec] = {
@@ -588,6 +599,7 @@ METRICS: dict[str, MetricSpec] = {
     "exact_match": MetricSpec(exact_match, _prepare_exact_match, text_references=True),
     "accuracy": MetricSpec(accuracy, _prepare_accuracy, text_references=False),
     "f1": MetricSpec(classification_metrics, _prepare_classification, text_references=False),
+    "seqeval": MetricSpec(seqeval, _prepare_seqeval, text_references=False, tag_sequences=True),
 }
 
 
