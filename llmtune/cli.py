@@ -65,7 +65,7 @@ def handle_errors(fn: Any) -> Any:
         except LlmtuneError as e:
             if DEBUG["on"]:
                 raise
-            from llmtune.train import Interrupted
+            from llmtune.errors import Interrupted
 
             err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(130 if isinstance(e, Interrupted) else 2) from None
@@ -111,7 +111,7 @@ def finetune(
     r = _load(recipe, overrides)
     from llmtune.train import finetune as run
 
-    results = run(r, console=console)
+    results = run(r, report=lambda message: console.print(message, markup=False, highlight=False))
     if "LOCAL_RANK" not in os.environ or os.environ.get("LOCAL_RANK") == "0":
         _print_results(results, title=f"{r.task} — {r.train.output_dir}")
         console.print(f"run folder: [bold]{r.train.output_dir}[/]")
@@ -222,39 +222,28 @@ def _emit_jsonl(rows: list[dict[str, Any]], output: Path | None, what: str) -> N
 @handle_errors
 def env() -> None:
     """Versions of Python, torch, transformers, peft, accelerate, datasets, and the device."""
+    from llmtune import hardware
     from llmtune.runs import git_hash, versions
 
-    table = Table(title="llmtune environment")
+    table = Table(title="llmtune environment", show_header=False)
     table.add_column("")
     table.add_column("")
     for k, v in versions().items():
         table.add_row(k, v)
-    import torch
-
-    if torch.cuda.is_available():
-        device = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
-    else:
-        device = f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
-    table.add_row("device", device)
-    table.add_row("bf16 on this device", str(torch.cuda.is_bf16_supported() if torch.cuda.is_available()
-                                              else _cpu_bf16()))
+    table.add_row("device", hardware.device_description())
+    table.add_row("native bf16", hardware.native_bf16() or "no (mixed_precision auto trains in fp32)")
     table.add_row("git", str(git_hash()))
+    from llmtune.lockfile import compare_installed
+
+    table.add_row("installed set", compare_installed()["summary"])
     console.print(table)
-
-
-def _cpu_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-        return "avx512_bf16" in flags or "amx_bf16" in flags
-    except OSError:
-        return False
 
 
 @app.command("eval")
 @handle_errors
 def eval_(
     metric: Annotated[list[str] | None, typer.Option("--metric", "-m", help="rouge, bleu, chrf, ter, accuracy, f1, "
-                                                     "exact_match, perplexity; repeat or comma-separate")] = None,
+                                                     "exact_match, seqeval, squad, perplexity; repeat or comma-separate")] = None,
     predictions: Annotated[Path | None, typer.Option("--predictions", "-p", help="Predictions file to score.")] = None,
     references: Annotated[list[Path] | None, typer.Option("--references", "-r", help="References file(s); repeat "
                                                           "for parallel reference files")] = None,
@@ -269,6 +258,8 @@ def eval_(
     ignore_case: Annotated[bool, typer.Option("--ignore-case", help="exact_match: ignore case.")] = False,
     ignore_punctuation: Annotated[bool, typer.Option("--ignore-punctuation", help="exact_match: ignore "
                                                      "punctuation.")] = False,
+    scheme: Annotated[str | None, typer.Option("--scheme", help="seqeval: strict mode with this tagging scheme "
+                                               "(IOB2, IOBES, ...); default: seqeval's lenient mode")] = None,
     bootstrap: Annotated[int, typer.Option("--bootstrap", help="Bootstrap resamples for 95% intervals "
                                            "(0: none).")] = 1000,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap and of few-shot draws.")] = 0,
@@ -297,7 +288,8 @@ def eval_(
         if not references:
             raise LlmtuneError("--predictions needs --references")
         if not names:
-            raise LlmtuneError("name at least one --metric (rouge, bleu, chrf, ter, accuracy, f1, exact_match)")
+            raise LlmtuneError("name at least one --metric (rouge, bleu, chrf, ter, accuracy, f1, exact_match, "
+                               "seqeval, squad)")
         if "perplexity" in names:
             raise LlmtuneError("--metric perplexity needs a model: use --model RUN --recipe RECIPE")
         options: dict[str, dict[str, Any]] = {}
@@ -307,6 +299,8 @@ def eval_(
             options["bleu"] = {"tokenize": tokenize}
         if (ignore_case or ignore_punctuation) and "exact_match" in names:
             options["exact_match"] = {"ignore_case": ignore_case, "ignore_punctuation": ignore_punctuation}
+        if scheme and "seqeval" in names:
+            options["seqeval"] = {"scheme": scheme.upper()}
         res = evaluation.score_prediction_files(predictions, references, names, prediction_field, reference_field,
                                                 options, bootstrap, seed, compare, output)
         _print_scores(res["results"], title=f"{predictions} ({res['n_samples']} examples)")
@@ -396,7 +390,7 @@ def merge(
     force: Annotated[bool, typer.Option("--force", help="Write into a non-empty --output folder.")] = False,
 ) -> None:
     """Merge a LoRA adapter into its base model and save a plain from_pretrained folder (safetensors)."""
-    from llmtune.lora import merge as merge_run
+    from llmtune.inference import merge_run
 
     out = merge_run(run_dir, output, force=force)
     console.print(f"merged model written to [bold]{out}[/]")

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from llmtune import data as data_mod
-from llmtune import runs
+from llmtune import runs, tasks
 from llmtune.errors import LlmtuneError
 from llmtune.recipe import Recipe
 
@@ -51,8 +51,6 @@ def recipe_for(model: str, recipe_arg: str | None, overrides: list[str]) -> Reci
 
 
 def _eval_split(recipe: Recipe, split: str, need_train: bool) -> tuple[dict[str, data_mod.Split], data_mod.Split]:
-    from llmtune import tasks
-
     task = tasks.get(recipe.task)
     key = SPLIT_NAMES.get(split)
     if key is None:
@@ -74,8 +72,9 @@ def _ci(name: str, preds: list[Any], refs: list[Any], bootstrap: int, seed: int)
 
 
 def _with_intervals(metrics: dict[str, float], records: list[dict[str, Any]], names: list[str] | None,
-                    bootstrap: int, seed: int, task: str) -> dict[str, dict[str, Any]]:
-    """The task's own metric values, with bootstrap intervals from the per-example records where possible."""
+                    bootstrap: int, seed: int, task: str, scheme: str | None = None) -> dict[str, dict[str, Any]]:
+    """The task's own metric values, with bootstrap intervals from the per-example records where possible
+    (`scheme`: the seqeval scheme tag sequences were scored with)."""
     n = len(records)
     out = {k: {"value": v, "ci_low": None, "ci_high": None, "n": n} for k, v in metrics.items()}
     labelled = [r for r in records if "label" in r]
@@ -92,38 +91,45 @@ def _with_intervals(metrics: dict[str, float], records: list[dict[str, Any]], na
             if name in ("perplexity", "loss"):
                 continue
             out.update(_ci(name, preds, refs, bootstrap, seed))
-    if task != "classification" and "loss" in metrics and "perplexity" not in out:
+    elif bootstrap and records and all("tags" in r and "predicted_tags" in r for r in records):
+        from llmtune import metrics as M
+
+        stats = M.prepare_seqeval([r["predicted_tags"] for r in records], [r["tags"] for r in records], scheme)
+        for key, (low, high) in M.confidence_interval(stats, bootstrap, seed).items():
+            if key in out:
+                out[key].update(ci_low=low, ci_high=high)
+    if tasks.get(task).TOKEN_LEVEL_LOSS and "loss" in metrics and "perplexity" not in out:
         out["perplexity"] = {"value": math.exp(min(metrics["loss"], 50.0)), "ci_low": None, "ci_high": None, "n": n}
     return out
 
 
-def _load_finetuned(model_arg: str, recipe: Recipe) -> tuple[Any, Any, dict[str, Any]]:
-    """A run folder or model folder: (model, tokenizer, info). LoRA runs load their base plus the adapter."""
-    from llmtune import tasks
-    from llmtune.models import load_tokenizer, resolve
+def _is_model_folder(path: Path) -> bool:
+    return path.is_dir() and any((path / f).is_file() for f in (runs.INFO_FILE, "config.json", "adapter_config.json"))
 
+
+def _load_finetuned(model_arg: str, recipe: Recipe, splits: dict[str, data_mod.Split]) -> tuple[Any, Any, Any]:
+    """(model, tokenizer, info) of a run or model folder (runs.load_run), or of a base model named by a hub id,
+    alias or GGUF file, evaluated as it is (no fresh adapter)."""
+    task = tasks.get(recipe.task)
     path = Path(model_arg)
-    if (path / "adapter_config.json").exists():
-        from llmtune import lora
+    if _is_model_folder(path):
+        run = runs.load_run(path)
+        if tasks.MODULES[run.task] != tasks.MODULES[recipe.task]:
+            raise LlmtuneError(f"--model {model_arg}: a {run.task} model, but the recipe's task is {recipe.task}; "
+                               "evaluate it with a recipe of its own task")
+        info = run.info if run.info is not None else task.setup(recipe, splits, run.tokenizer)
+        return run.model, run.tokenizer, info
+    from llmtune.models import load_tokenizer, read_config, resolve
 
-        model, tokenizer, _, info = lora.load_run(path)
-        return model, tokenizer, info
     recipe.model.name = model_arg
-    recipe.model.gguf_file = None if path.is_dir() else recipe.model.gguf_file
+    recipe.model.gguf_file = None
     recipe.lora.enabled = False  # evaluate the model as it is: never wrap a fresh adapter
     resolved = resolve(recipe.model, where="--model")
     tokenizer = load_tokenizer(recipe.model, resolved)
-    info: dict[str, Any] = {}
-    if recipe.task == "classification":
-        from llmtune.models import read_config
-
-        cfg = read_config(resolved.path) if resolved.is_local else {}
-        id2label = cfg.get("id2label")
-        if not id2label or "SequenceClassification" not in " ".join(cfg.get("architectures") or []):
-            raise LlmtuneError(f"--model {model_arg}: not a fine-tuned classifier (no classification head); "
-                               "for an untuned decoder use --shots to prompt it")
-        info["label_names"] = [id2label[str(i)] for i in range(len(id2label))]
-    task = tasks.get(recipe.task)
+    if hasattr(task, "info_from_config"):  # a head with fixed classes: they come from the model, not the data
+        info = task.info_from_config(read_config(resolved.path) if resolved.is_local else {}, f"--model {model_arg}")
+    else:
+        info = task.setup(recipe, splits, tokenizer)
     return task.load_model(recipe, tokenizer, info), tokenizer, info
 
 
@@ -133,16 +139,14 @@ def evaluate_model(model_arg: str, recipe: Recipe, split: str, names: list[str] 
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration
 
-    from llmtune import tasks
-    from llmtune.train import eval_loader, full_precision
+    from llmtune.batching import eval_loader
+    from llmtune.train import evaluate
 
     task = tasks.get(recipe.task)
     accelerator = Accelerator(dataloader_config=DataLoaderConfiguration(split_batches=True))
     with accelerator.main_process_first():
         splits, target = _eval_split(recipe, split, need_train=False)
-    model, tokenizer, info = _load_finetuned(model_arg, recipe)
-    if not info or recipe.task != "classification":
-        info = {**task.setup(recipe, splits, tokenizer), **info}
+    model, tokenizer, info = _load_finetuned(model_arg, recipe, splits)
     with accelerator.main_process_first():
         tokenized = task.tokenize(recipe, tokenizer, target, info)
     loader = eval_loader(tokenized, task.collator(recipe, tokenizer, model),
@@ -150,66 +154,20 @@ def evaluate_model(model_arg: str, recipe: Recipe, split: str, names: list[str] 
     model, loader = accelerator.prepare(model, loader)
     ctx = tasks.EvalContext(model=model, loader=loader, accelerator=accelerator, recipe=recipe, tokenizer=tokenizer,
                             info=info, split=target)
-    with full_precision(model):  # fp32, as in a run's own eval, even where an earlier Accelerator chose bf16
-        metrics, records = task.evaluate(ctx)
-    return Setting(f"fine-tuned {model_arg}", _with_intervals(metrics, records, names, bootstrap, seed, recipe.task), records)
+    metrics, records = evaluate(task, ctx)  # fp32, as in a run's own eval, even where an Accelerator chose bf16
+    scheme = getattr(recipe.eval, "seqeval_scheme", None)
+    return Setting(f"fine-tuned {model_arg}", _with_intervals(metrics, records, names, bootstrap, seed, recipe.task,
+                                                              scheme), records)
 
 
 # ---- zero/few-shot prompting of a decoder --------------------------------------------------------------
 
 
-def _example_fields(recipe: Recipe, row: dict[str, Any]) -> tuple[str, str | list[str]]:
-    """(input text, target) of a row for prompting, whatever the task."""
-    d = recipe.data
-    if recipe.task == "classification":
-        text = data_mod.as_text(row[d.text_column]) or ""
-        if d.text_pair_column:
-            text += "\n" + (data_mod.as_text(row[d.text_pair_column]) or "")
-        return text, str(row.get(d.label_column, ""))
-    if recipe.task in ("summarization", "translation"):
-        src = d.source_column or d.source_lang or "source"
-        tgt = d.target_column or d.target_lang or "target"
-        return data_mod.as_text(row[src]) or "", data_mod.references_of(row[tgt])
-    if d.format == "instruction":
-        text = str(row[d.prompt_column])
-        extra = row.get(d.input_column) if d.input_column else None
-        if extra:
-            text += "\n" + str(extra)
-        return text, [str(row[d.completion_column])]
-    raise LlmtuneError(f"--shots: prompting baselines support classification, summarization, translation and "
-                       f"instruction data, not data.format={d.format}")
-
-
-def _label_names(recipe: Recipe, splits: dict[str, data_mod.Split]) -> list[str]:
-    if recipe.data.label_names:
-        return list(recipe.data.label_names)
-    col = recipe.data.label_column
-    return sorted({str(v) for s in splits.values() if col in s.dataset.column_names for v in s.dataset[col]})
-
-
-def _label_text(recipe: Recipe, value: str) -> str:
-    names = recipe.data.label_names
-    if names and value.lstrip("-").isdigit() and 0 <= int(value) < len(names):
-        return names[int(value)]
-    return value
-
-
-HEADERS = {"classification": ("Text", "Label"), "summarization": ("Document", "Summary"),
-           "translation": ("Source", "Translation"), "causal_lm": ("Instruction", "Response")}
-
-
-def build_prompt(recipe: Recipe, shots: list[tuple[str, str]], text: str, labels: list[str] | None = None) -> str:
-    """A plain few-shot prompt: a task line, K solved examples, then the input to solve."""
-    inp, out = HEADERS[recipe.task]
-    if recipe.task == "classification":
-        head = f"Classify each text as one of: {', '.join(labels or [])}.\n\n"
-    elif recipe.task == "translation":
-        head = f"Translate from {recipe.data.source_lang or 'the source language'} to " \
-               f"{recipe.data.target_lang or 'the target language'}.\n\n"
-    elif recipe.task == "summarization":
-        head = "Summarize each document in one sentence.\n\n"
-    else:
-        head = "Answer each instruction.\n\n"
+def build_prompt(recipe: Recipe, shots: list[tuple[str, str]], text: str, choices: list[str] | None = None) -> str:
+    """A plain few-shot prompt: the task line, K solved examples, then the input to solve."""
+    spec = tasks.get(recipe.task).prompt_spec(recipe)
+    head = spec.instruction.replace("{choices}", ", ".join(choices or [])) + "\n\n"
+    inp, out = spec.input_header, spec.output_header
     body = "".join(f"{inp}: {x}\n{out}: {y}\n\n" for x, y in shots)
     return f"{head}{body}{inp}: {text}\n{out}:"
 
@@ -226,9 +184,8 @@ def _draw_shots(recipe: Recipe, train: data_mod.Split | None, k: int, seed: int)
     rows = [train.dataset[i] for i in rng.sample(range(n), k)]
     out = []
     for row in rows:
-        x, y = _example_fields(recipe, row)
-        y = y[0] if isinstance(y, list) else _label_text(recipe, y)
-        out.append((x, y))
+        x, y = tasks.get(recipe.task).prompt_fields(recipe, row)
+        out.append((x, y[0] if isinstance(y, list) else y))
     return out
 
 
@@ -283,22 +240,22 @@ def evaluate_shots(model_arg: str, model: Any, tokenizer: Any, recipe: Recipe, s
     """Prompt a decoder with k examples drawn (seeded) from train, then the eval input; score the answers."""
     from llmtune.generate import generate_texts
 
+    task = tasks.get(recipe.task)
     splits, target = _eval_split(recipe, split, need_train=k > 0)
     shots = _draw_shots(recipe, splits.get("train"), k, seed)
     rows = [target.dataset[i] for i in range(len(target.dataset))]
-    fields = [_example_fields(recipe, r) for r in rows]
+    fields = [task.prompt_fields(recipe, r) for r in rows]
     records: list[dict[str, Any]] = []
-    if recipe.task == "classification":
-        labels = _label_names(recipe, splits)
-        words = [_label_text(recipe, lab) for lab in labels]
-        prompts = [build_prompt(recipe, shots, x, words) for x, _ in fields]
-        scores = _label_logprobs(model, tokenizer, prompts, words, batch_size)
+    choices = task.prompt_choices(recipe, splits)
+    if choices is not None:  # score each choice by its likelihood after the prompt
+        prompts = [build_prompt(recipe, shots, x, choices) for x, _ in fields]
+        scores = _label_logprobs(model, tokenizer, prompts, choices, batch_size)
         probs = scores.softmax(-1)
-        preds = [words[int(j)] for j in scores.argmax(-1)]
-        golds = [_label_text(recipe, str(y)) for _, y in fields]
+        preds = [choices[int(j)] for j in scores.argmax(-1)]
+        golds = [str(y) for _, y in fields]
         for (x, _), p, g, pr in zip(fields, preds, golds, probs, strict=True):
             records.append({"text": x, "label": g, "prediction": p,
-                            "probabilities": {w: round(float(v), 6) for w, v in zip(words, pr, strict=True)}})
+                            "probabilities": {w: round(float(v), 6) for w, v in zip(choices, pr, strict=True)}})
         from llmtune.metrics import classification_metrics
 
         metrics = classification_metrics(preds, golds)
@@ -308,16 +265,15 @@ def evaluate_shots(model_arg: str, model: Any, tokenizer: Any, recipe: Recipe, s
         outs = generate_texts(model, tokenizer, prompts, g, batch_size=batch_size, max_input_length=4096,
                               decoder_only=True)
         # the model may go on with another "Input: ..." block: keep the first answer only
-        inp = HEADERS[recipe.task][0]
+        inp = task.prompt_spec(recipe).input_header
         preds = [o.split(f"\n{inp}:")[0].split("\n\n")[0].strip() for o in outs]
         refs = [y if isinstance(y, list) else [y] for _, y in fields]
         for (x, _), p, r in zip(fields, preds, refs, strict=True):
             records.append({"source": x, "references": r, "prediction": p})
         from llmtune import metrics as M
 
-        default = {"summarization": ["rouge"], "translation": ["bleu", "chrf"], "causal_lm": ["rouge", "exact_match"]}
         metrics = {}
-        for name in names or default[recipe.task]:
+        for name in names or task.prompt_spec(recipe).metrics:
             metrics.update(M.compute(name, preds, refs))
     label = f"{k}-shot {model_arg}"
     return Setting(label, _with_intervals(metrics, records, names, bootstrap, seed, recipe.task), records)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from llmtune.recipe import GenerationArgs
+from llmtune.schema import GenerationArgs
 
 
 def generation_kwargs(g: GenerationArgs, tokenizer: Any) -> dict[str, Any]:

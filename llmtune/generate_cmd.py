@@ -4,15 +4,15 @@ prompt to the terminal or batching over a file."""
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llmtune import runs, tasks
 from llmtune.errors import LlmtuneError
 from llmtune.recipe import GenerationArgs, Recipe
+from llmtune.tasks import causal_lm
 
 PROMPT_FIELDS = ("prompt", "instruction", "question", "text", "input")
 
@@ -26,26 +26,25 @@ class Loaded:
 
 
 def load(model_or_run: str) -> Loaded:
-    from llmtune.lora import load_run
-
+    """A run or model folder through runs.load_run, else a base decoder (alias, hub id, GGUF file)."""
     path = Path(model_or_run).expanduser()
-    if path.is_dir() and ((path / "adapter_config.json").is_file() or (path / "config.json").is_file()):
-        model, tokenizer, recipe, info = load_run(path)
-        fmt = info.get("prompt_format")
-    else:
-        from llmtune.lora import load_base
-        from llmtune.models import load_tokenizer, resolve
-        from llmtune.recipe import ModelArgs
+    if path.is_dir() and any((path / f).is_file() for f in (runs.INFO_FILE, "adapter_config.json", "config.json")):
+        run = runs.load_run(path)
+        if not tasks.get(run.task).DECODER_ONLY:
+            raise LlmtuneError(f"{path}: a {run.task} model, not a decoder that continues text; generate needs a "
+                               "causal_lm run or a decoder model (use `llmtune predict` for this run)")
+        return Loaded(run.model, run.tokenizer, run.recipe, causal_lm.run_prompt_format(run))
+    from llmtune.lora import load_base
+    from llmtune.models import load_tokenizer, resolve
+    from llmtune.recipe import ModelArgs
 
-        args = ModelArgs(name=model_or_run)
-        resolved = resolve(args, where="MODEL")
-        tokenizer = load_tokenizer(args, resolved)
-        model = load_base(args, None, resolved)
-        model.eval()
-        recipe, fmt = None, None
-    if fmt is None:
-        fmt = "chat" if getattr(tokenizer, "chat_template", None) else "text"
-    return Loaded(model, tokenizer, recipe, fmt)
+    args = ModelArgs(name=model_or_run)
+    resolved = resolve(args, where="MODEL")
+    tokenizer = load_tokenizer(args, resolved)
+    model = load_base(args, None, resolved)
+    model.eval()
+    fmt = "chat" if getattr(tokenizer, "chat_template", None) else "text"
+    return Loaded(model, tokenizer, None, fmt)
 
 
 def generation_args(base: GenerationArgs, overrides: list[str], options: dict[str, Any]) -> GenerationArgs:
@@ -76,57 +75,19 @@ def generation_args(base: GenerationArgs, overrides: list[str], options: dict[st
 def read_prompts(path: Path, field: str | None) -> list[tuple[str, str | None]]:
     """(instruction, input) pairs: one per line of a .txt file, or a field of each .jsonl/.json/.csv/.tsv row (an
     `instruction` field takes the row's `input` field along)."""
-    if not path.is_file():
-        raise LlmtuneError(f"--input {path}: file not found")
-    suffix = path.suffix.lower()
-    text = path.read_text(encoding="utf-8")
-    if suffix not in (".jsonl", ".json", ".csv", ".tsv"):
-        return [(line, None) for line in text.splitlines() if line.strip()]
-    rows: list[Any]
-    if suffix == ".jsonl":
-        rows = []
-        for i, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise LlmtuneError(f"--input {path}: line {i} is not JSON ({e.msg})") from e
-    elif suffix == ".json":
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise LlmtuneError(f"--input {path}: not JSON ({e.msg}, line {e.lineno})") from e
-        if not isinstance(rows, list):
-            raise LlmtuneError(f"--input {path}: expected a JSON list of rows")
-    else:
-        rows = list(csv.DictReader(text.splitlines(), delimiter="\t" if suffix == ".tsv" else ","))
+    from llmtune.inputs import read_rows
+
     out: list[tuple[str, str | None]] = []
-    for i, row in enumerate(rows, 1):
-        if isinstance(row, str):
-            out.append((row, None))
-            continue
-        if not isinstance(row, dict):
-            raise LlmtuneError(f"--input {path}: row {i} is {row!r}, expected an object")
+    for row in read_rows(path):
         key = field or next((k for k in PROMPT_FIELDS if k in row), None)
         if key is None or not isinstance(row.get(key), str):
-            raise LlmtuneError(f"--input {path}: row {i} has no text field "
-                               f"{field or ' / '.join(PROMPT_FIELDS)}; choose one with --field")
+            raise LlmtuneError(f"{row['_where']}: no text field {field or ' / '.join(PROMPT_FIELDS)}; "
+                               "choose one with --field")
+        if not row[key].strip():
+            raise LlmtuneError(f"{row['_where']}: the prompt is empty")
         extra = row.get("input") if key == "instruction" and isinstance(row.get("input"), str) else None
         out.append((row[key], extra))
-    if not out:
-        raise LlmtuneError(f"--input {path}: no prompts in the file")
     return out
-
-
-def render(loaded: Loaded, prompts: list[tuple[str, str | None]], raw: bool = False,
-           system: str | None = None) -> tuple[list[str], bool]:
-    """The texts given to the model, and whether the tokenizer should add its special tokens (BOS)."""
-    from llmtune.tasks.causal_lm import adds_special_tokens, generation_prompt, user_content
-
-    if raw:
-        return [user_content(a, b) for a, b in prompts], True
-    fmt = loaded.prompt_format
-    return [generation_prompt(loaded.tokenizer, fmt, a, b, system) for a, b in prompts], adds_special_tokens(fmt)
 
 
 def stream_one(loaded: Loaded, prompt: str, g: GenerationArgs, add_special_tokens: bool) -> str:
@@ -159,17 +120,15 @@ def generate_rows(model_or_run: str, prompts: list[tuple[str, str | None]], g: G
                   max_input_length: int | None = None) -> list[dict[str, Any]]:
     """One {"prompt", "generation"} row per prompt, in order. Settings: the run's recipe (or defaults) <
     overrides < options; `stream` prints the single prompt's generation as it is produced."""
-    from llmtune.generate import generate_texts
-
     loaded = load(model_or_run)
     base = g or (loaded.recipe.generation if loaded.recipe is not None else GenerationArgs())
     g = generation_args(base, list(overrides or []), dict(options or {}))
-    texts, special = render(loaded, prompts, raw=raw, system=system)
     max_in = max_input_length or (loaded.recipe.train.max_seq_length if loaded.recipe is not None else 1024)
-    if stream and len(texts) == 1:
+    if stream and len(prompts) == 1:
+        texts, special = causal_lm.render_prompts(loaded.tokenizer, loaded.prompt_format, prompts, raw, system)
         outs = [stream_one(loaded, texts[0], g, special)]
     else:
-        outs = generate_texts(loaded.model, loaded.tokenizer, texts, g, batch_size=batch_size,
-                              max_input_length=max_in, decoder_only=True, add_special_tokens=special)
+        outs = causal_lm.generate_for(loaded.model, loaded.tokenizer, loaded.prompt_format, prompts, g, batch_size,
+                                      max_in, raw=raw, system=system)
     return [{"prompt": p, **({"input": b} if b is not None else {}), "generation": o}
             for (p, b), o in zip(prompts, outs, strict=True)]

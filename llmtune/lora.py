@@ -16,7 +16,7 @@ from typing import Any
 
 from llmtune.errors import LlmtuneError
 from llmtune.models import ResolvedModel, resolve
-from llmtune.recipe import LoraArgs, ModelArgs, Recipe
+from llmtune.schema import LoraArgs, ModelArgs, Recipe
 
 logger = logging.getLogger("llmtune")
 
@@ -78,17 +78,18 @@ def load_base(args: ModelArgs, lora: LoraArgs | None = None, resolved: ResolvedM
     return model
 
 
-def peft_config(lora: LoraArgs) -> Any:
+def peft_config(lora: LoraArgs, task_type: str) -> Any:
+    """LoraConfig for the task's peft.TaskType name (the task module's PEFT_TASK_TYPE)."""
     from peft import LoraConfig, TaskType
 
     targets: Any = lora.target_modules
     if isinstance(targets, list) and [t.lower() for t in targets] == ["all-linear"]:
         targets = "all-linear"
-    return LoraConfig(task_type=TaskType.CAUSAL_LM, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+    return LoraConfig(task_type=TaskType[task_type], r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                       target_modules=targets, bias=lora.bias, modules_to_save=lora.modules_to_save)
 
 
-def wrap(model: Any, recipe: Recipe, resolved: ResolvedModel | None = None) -> Any:
+def wrap(model: Any, recipe: Recipe, task_type: str, resolved: ResolvedModel | None = None) -> Any:
     """A PeftModel whose only trainable weights are the adapters (plus lora.modules_to_save and biases if asked)."""
     from peft import get_peft_model
 
@@ -100,7 +101,7 @@ def wrap(model: Any, recipe: Recipe, resolved: ResolvedModel | None = None) -> A
             model, use_gradient_checkpointing=recipe.train.gradient_checkpointing,
             gradient_checkpointing_kwargs={"use_reentrant": False})
     try:
-        peft_model = get_peft_model(model, peft_config(recipe.lora))
+        peft_model = get_peft_model(model, peft_config(recipe.lora, task_type))
     except ValueError as e:
         names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if type(m).__name__ == "Linear"})
         raise LlmtuneError(f"lora.target_modules {recipe.lora.target_modules!r}: {str(e).splitlines()[0][:200]} "
@@ -125,21 +126,6 @@ def is_adapter_dir(path: Path) -> bool:
     return (path / ADAPTER_CONFIG).is_file()
 
 
-def run_recipe(run_dir: Path) -> Recipe | None:
-    from llmtune.recipe import load_recipe
-
-    path = run_dir / "recipe.yaml"
-    return load_recipe(path) if path.is_file() else None
-
-
-def run_info(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "llmtune_info.json"
-    try:
-        return dict(json.loads(path.read_text(encoding="utf-8"))) if path.is_file() else {}
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
 def base_args(run_dir: Path, recipe: Recipe | None) -> ModelArgs:
     """The `model:` section that trained the adapter in `run_dir` (never with 4-bit loading: merge needs full
     precision, and generation works either way)."""
@@ -155,55 +141,22 @@ def base_args(run_dir: Path, recipe: Recipe | None) -> ModelArgs:
     return ModelArgs(name=str(name))
 
 
-def load_run(run_dir: Path) -> tuple[Any, Any, Recipe | None, dict[str, Any]]:
-    """(model, tokenizer, recipe or None, llmtune_info) of a run folder: base + adapter for a LoRA run, the saved
-    model for a full fine-tune or any from_pretrained folder."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_adapter(run_dir: Path, recipe: Recipe | None, load_base_model: Any) -> Any:
+    """The adapter of `run_dir` on its base model, rebuilt with `load_base_model(model_args)` (the task's loader)."""
+    from peft import PeftModel
 
-    if not run_dir.is_dir():
-        raise LlmtuneError(f"{run_dir}: not a folder")
-    recipe = run_recipe(run_dir)
-    info = run_info(run_dir)
-    if is_adapter_dir(run_dir):
-        from peft import PeftModel
-
-        args = base_args(run_dir, recipe)
-        base = load_base(args)
-        model = PeftModel.from_pretrained(base, str(run_dir))
-    elif (run_dir / "config.json").is_file():
-        model = AutoModelForCausalLM.from_pretrained(str(run_dir), dtype="auto")
-    else:
-        raise LlmtuneError(f"{run_dir}: neither a LoRA run (adapter_config.json) nor a model folder (config.json)")
-    model.eval()
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(run_dir))
-    except (OSError, ValueError):
-        from llmtune.models import load_tokenizer
-
-        tokenizer = load_tokenizer(base_args(run_dir, recipe))
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
-    return model, tokenizer, recipe, info
+    return PeftModel.from_pretrained(load_base_model(base_args(run_dir, recipe)), str(run_dir))
 
 
-def merge(run_dir: Path, output: Path, force: bool = False) -> Path:
+def merge(run: Any, output: Path) -> Path:
     """Base + adapter with the LoRA products added into the base weights (PEFT's merge_and_unload), written as a
-    plain from_pretrained folder: safetensors weights, config, generation config and the run's tokenizer."""
-    if not is_adapter_dir(run_dir):
-        if (run_dir / "config.json").is_file():
-            raise LlmtuneError(f"{run_dir}: holds a full model, not a LoRA adapter; there is nothing to merge "
-                               "(load it with from_pretrained as it is)")
-        raise LlmtuneError(f"{run_dir}: not a LoRA run folder (no {ADAPTER_CONFIG})")
-    if output.exists() and (not output.is_dir() or any(output.iterdir())) and not force:
-        raise LlmtuneError(f"{output}: already exists and is not empty; use --force to overwrite it")
-    if output.resolve() == run_dir.resolve():
-        raise LlmtuneError(f"{output}: is the run folder itself; choose another --output")
-    model, tokenizer, _, _ = load_run(run_dir)
-    merged = model.merge_and_unload()
+    plain from_pretrained folder: safetensors weights, config, generation config and the run's tokenizer.
+    `run` is a loaded run (runs.load_run) whose model is an adapter."""
+    merged = run.model.merge_and_unload()
     merged.config.use_cache = True  # training turns the cache off; generation from the merged model wants it
     if hasattr(merged.config, "quantization_config"):
         del merged.config.quantization_config
     output.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(str(output), safe_serialization=True)
-    tokenizer.save_pretrained(str(output))
+    run.tokenizer.save_pretrained(str(output))
     return output

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from llmtune.errors import LlmtuneError
-from llmtune.recipe import ModelArgs
+from llmtune.schema import ModelArgs
 
 
 @dataclass(frozen=True)

@@ -8,190 +8,30 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
-import json
 import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
+from llmtune import tasks
 from llmtune.errors import LlmtuneError
 
-TASKS = ("classification", "summarization", "translation", "causal_lm")
-Task = Literal["classification", "summarization", "translation", "causal_lm"]
+# the dataclasses live in schema.py (task modules import them without importing this parser); re-exported here
+from llmtune.schema import (  # noqa: F401
+    SECTIONS,
+    DataArgs,
+    EvalArgs,
+    GenerationArgs,
+    LoraArgs,
+    ModelArgs,
+    Recipe,
+    TrainArgs,
+)
 
-
-@dataclass
-class ModelArgs:
-    name: str | None = None
-    revision: str | None = None
-    trust_remote_code: bool = False
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    gguf_file: str | None = None
-    attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] | None = None
-    allow_pickle: bool = False  # load pytorch_model.bin (pickle can run code) from a folder without safetensors
-
-
-@dataclass
-class DataArgs:
-    # hub datasets (or `llmtune:NAME` for a dataset bundled with llmtune)
-    dataset: str | None = None
-    config: str | None = None
-    train_split: str = "train"
-    eval_split: str | None = None
-    test_split: str | None = None
-    # local files: csv, tsv, json, jsonl, parquet, txt (one example per line; .gz allowed)
-    train_file: str | None = None
-    eval_file: str | None = None
-    test_file: str | None = None
-    val_size: float = 0.1
-    # classification
-    text_column: str = "text"
-    text_pair_column: str | None = None
-    label_column: str = "label"
-    label_names: list[str] | None = None
-    # seq2seq
-    source_column: str | None = None
-    target_column: str | None = None
-    source_prefix: str | None = None
-    source_lang: str | None = None
-    target_lang: str | None = None
-    # causal_lm
-    format: Literal["text", "instruction", "chat"] = "instruction"
-    prompt_column: str = "instruction"
-    input_column: str | None = "input"
-    completion_column: str = "output"
-    messages_column: str = "messages"
-    template: str | None = None
-    train_on_prompt: bool = False
-    packing: bool = False
-    # subsampling (first N rows, so runs are comparable)
-    max_train_samples: int | None = None
-    max_eval_samples: int | None = None
-    max_test_samples: int | None = None
-
-
-@dataclass
-class TrainArgs:
-    output_dir: str | None = None
-    num_train_epochs: float = 3.0
-    max_steps: int = -1
-    per_device_train_batch_size: int = 8
-    per_device_eval_batch_size: int = 32
-    gradient_accumulation_steps: int = 1
-    learning_rate: float = 5e-5
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    warmup_ratio: float = 0.0
-    warmup_steps: int = 0
-    lr_scheduler_type: Literal[
-        "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"
-    ] = "linear"
-    max_seq_length: int = 128
-    max_source_length: int = 512
-    max_target_length: int = 128
-    mixed_precision: Literal["no", "bf16", "fp16", "auto"] = "no"  # auto: bf16 where the hardware runs it natively
-    gradient_checkpointing: bool = False
-    group_by_length: bool = True
-    seed: int = 42
-    logging_steps: int = 10
-    eval_steps: int | None = None
-    save_steps: int | None = None
-    save_total_limit: int | None = 2
-    metric_for_best_model: str | None = None
-    load_best_model_at_end: bool = False
-    report_to: Literal["none", "tensorboard", "mlflow"] = "none"
-    overwrite_output_dir: bool = False
-    resume_from_checkpoint: str | bool = "auto"
-    skip_nonfinite: bool = False
-    dataloader_num_workers: int = 0
-
-
-@dataclass
-class LoraArgs:
-    enabled: bool | None = None
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.05
-    target_modules: list[str] | str = "all-linear"
-    bias: Literal["none", "all", "lora_only"] = "none"
-    modules_to_save: list[str] | None = None
-    load_in_4bit: bool = False
-
-
-@dataclass
-class GenerationArgs:
-    max_new_tokens: int = 64
-    num_beams: int = 1
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_k: int = 50
-    top_p: float = 1.0
-    length_penalty: float = 1.0
-    no_repeat_ngram_size: int = 0
-    repetition_penalty: float = 1.0
-    seed: int | None = None
-
-
-@dataclass
-class EvalArgs:
-    generate: bool | None = None
-    before_training: bool | None = None  # evaluate the base model first (None: the task decides; causal_lm does)
-    metrics: list[str] | None = None
-    bootstrap: int = 1000
-
-
-@dataclass
-class Recipe:
-    task: Task = "classification"
-    description: str | None = None
-    model: ModelArgs = field(default_factory=ModelArgs)
-    data: DataArgs = field(default_factory=DataArgs)
-    train: TrainArgs = field(default_factory=TrainArgs)
-    lora: LoraArgs = field(default_factory=LoraArgs)
-    generation: GenerationArgs = field(default_factory=GenerationArgs)
-    eval: EvalArgs = field(default_factory=EvalArgs)
-    # where it came from, for messages; not a recipe key
-    source: str = field(default="<recipe>", repr=False, compare=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d.pop("source")
-        return d
-
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
-
-    def fingerprint(self, *sections: str) -> str:
-        d = self.to_dict()
-        payload = {s: d[s] for s in sections} if sections else d
-        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-    @property
-    def lora_enabled(self) -> bool:
-        if self.lora.enabled is None:
-            return self.task == "causal_lm"
-        return self.lora.enabled
-
-    @property
-    def generate_in_eval(self) -> bool:
-        if self.eval.generate is None:
-            return self.task in ("summarization", "translation")
-        return self.eval.generate
-
-
-SECTIONS: dict[str, type] = {
-    "model": ModelArgs,
-    "data": DataArgs,
-    "train": TrainArgs,
-    "lora": LoraArgs,
-    "generation": GenerationArgs,
-    "eval": EvalArgs,
-}
 TOP_LEVEL = ("task", "description", *SECTIONS)
+
 
 
 def _closest(key: str, options: typing.Iterable[str]) -> str:
@@ -267,7 +107,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     raise TypeError(f"unsupported annotation {tp!r}")  # a bug in the schema, not user input
 
 
-def _build_section(cls: type, raw: Any, where: str) -> Any:
+def _build_section(cls: type, raw: Any, where: str, task: str | None = None, section: str = "") -> Any:
     if raw is None:
         return cls()
     if not isinstance(raw, dict):
@@ -277,9 +117,32 @@ def _build_section(cls: type, raw: Any, where: str) -> Any:
     kwargs = {}
     for key, value in raw.items():
         if key not in names:
+            owners = _owners(str(key), section, task) if task else []
+            if owners:
+                raise LlmtuneError(f"{where}.{key}: a key of task {' / '.join(owners)}, not of task {task}"
+                                   f"{_closest(str(key), names)}")
             raise LlmtuneError(f"{where}.{key}: unknown key{_closest(str(key), names)}")
         kwargs[key] = _coerce(value, hints[key], f"{where}.{key}")
     return cls(**kwargs)
+
+
+def task_sections(task: str) -> dict[str, type]:
+    """Every section of a recipe of `task`: the shared ones (or the task's subclasses of them) and its own."""
+    return {**SECTIONS, **tasks.get(task).OPTIONS}
+
+
+def _owners(key: str, section: str, task: str) -> list[str]:
+    """The other tasks whose `section` has `key`: a stray key is then named as theirs, not as a typo."""
+    return [name for name in tasks.TASKS if name != task and section in tasks.get(name).OPTIONS
+            and key in {f.name for f in dataclasses.fields(tasks.get(name).OPTIONS[section])}]
+
+
+def _task_name(raw: Any, where: str) -> str:
+    task = raw if raw is not None else tasks.DEFAULT_TASK
+    if not isinstance(task, str) or task not in tasks.TASKS:
+        raise LlmtuneError(f"{where}: task: expected one of {', '.join(map(repr, tasks.TASKS))}, got {task!r}"
+                           f"{_closest(str(task), tasks.TASKS)}")
+    return task
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -304,8 +167,10 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             raw[path[0]] = value
         elif len(path) == 2:
             section, key = path
-            if section not in SECTIONS:
-                raise LlmtuneError(f"override '{text}': unknown section '{section}'{_closest(section, SECTIONS)}")
+            task = raw.get("task")
+            known = task_sections(task) if isinstance(task, str) and task in tasks.TASKS else SECTIONS
+            if section not in known:
+                raise LlmtuneError(f"override '{text}': unknown section '{section}'{_closest(section, known)}")
             sec = raw.setdefault(section, {}) or {}
             if not isinstance(sec, dict):
                 raise LlmtuneError(f"override '{text}': section '{section}' is not a mapping in the recipe")
@@ -357,18 +222,28 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
 
 def build_recipe(raw: dict[str, Any], source: str = "<recipe>") -> Recipe:
+    """A recipe parsed into the classes its task declares (tasks/<name>.py OPTIONS), then checked."""
+    task = _task_name(raw.get("task"), source)
+    module = tasks.get(task)
+    sections = task_sections(task)
+    top = ("task", "description", *sections)
     for key in raw:
-        if key not in TOP_LEVEL:
-            raise LlmtuneError(f"{source}: unknown key '{key}'{_closest(str(key), TOP_LEVEL)}")
-    kwargs: dict[str, Any] = {"source": source}
-    hints = typing.get_type_hints(Recipe)
-    for key in ("task", "description"):
-        if key in raw:
-            kwargs[key] = _coerce(raw[key], hints[key], f"{source}: {key}")
-    for name, cls in SECTIONS.items():
-        kwargs[name] = _build_section(cls, raw.get(name), f"{source}: {name}")
-    recipe = Recipe(**kwargs)
+        if key not in top:
+            raise LlmtuneError(f"{source}: unknown key '{key}'{_closest(str(key), top)}")
+    kwargs: dict[str, Any] = {"source": source, "task": task, "lora_default": module.LORA_DEFAULT,
+                              "generate_default": module.GENERATE_DEFAULT}
+    if "description" in raw:
+        kwargs["description"] = _coerce(raw["description"], str | None, f"{source}: description")
+    extra = {}
+    for name, cls in sections.items():
+        value = _build_section(cls, raw.get(name), f"{source}: {name}", task, name)
+        if name in SECTIONS:
+            kwargs[name] = value
+        else:
+            extra[name] = value
+    recipe = Recipe(**kwargs, extra=extra)
     check_recipe(recipe)
+    module.check_recipe(recipe)
     return recipe
 
 
@@ -393,7 +268,7 @@ def check_recipe(r: Recipe) -> None:
     if r.data.dataset is not None and r.data.train_file is not None:
         raise LlmtuneError(f"{s}: data.dataset and data.train_file are both set; use one (set data.dataset=null for local files)")
     for key in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
-                "logging_steps", "max_seq_length", "max_source_length", "max_target_length"):
+                "logging_steps", "max_seq_length"):
         if getattr(t, key) < 1:
             raise LlmtuneError(f"{s}: train.{key} must be at least 1, got {getattr(t, key)}")
     for key in ("eval_steps", "save_steps", "save_total_limit"):
@@ -402,6 +277,9 @@ def check_recipe(r: Recipe) -> None:
             raise LlmtuneError(f"{s}: train.{key} must be at least 1 or null, got {v}")
     if t.max_steps <= 0 and t.num_train_epochs <= 0:
         raise LlmtuneError(f"{s}: train.num_train_epochs must be > 0 when train.max_steps is not set")
+    for key in ("weight_decay", "warmup_steps", "max_grad_norm", "dataloader_num_workers"):
+        if getattr(t, key) < 0:
+            raise LlmtuneError(f"{s}: train.{key} cannot be negative, got {getattr(t, key)}")
     if t.learning_rate <= 0:
         raise LlmtuneError(f"{s}: train.learning_rate must be > 0, got {t.learning_rate}")
     if not 0 <= t.warmup_ratio < 1:
@@ -414,6 +292,9 @@ def check_recipe(r: Recipe) -> None:
         v = getattr(r.data, key)
         if v is not None and v < 1:
             raise LlmtuneError(f"{s}: data.{key} must be at least 1 or null, got {v}")
+    if r.lora.enabled and tasks.get(r.task).PEFT_TASK_TYPE is None:
+        raise LlmtuneError(f"{s}: lora.enabled: task {r.task} trains all weights and has no LoRA adapters; "
+                           "remove the lora section (or set lora.enabled=false)")
     if r.lora.load_in_4bit and not r.lora_enabled:
         raise LlmtuneError(f"{s}: lora.load_in_4bit (QLoRA) needs LoRA; set lora.enabled=true")
     if r.lora.r < 1:
@@ -429,8 +310,6 @@ def check_recipe(r: Recipe) -> None:
         raise LlmtuneError(f"{s}: generation.top_p must be in (0, 1], got {g.top_p}")
     if t.resume_from_checkpoint is True:
         t.resume_from_checkpoint = "auto"
-    if r.task == "translation" and r.data.source_column is None and not (r.data.source_lang and r.data.target_lang):
-        raise LlmtuneError(f"{s}: translation needs data.source_lang and data.target_lang (or data.source_column/target_column)")
 
 
 def builtin_recipes_dir() -> Path:

@@ -15,13 +15,17 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llmtune.errors import LlmtuneError
+
+if TYPE_CHECKING:
+    from llmtune.tasks import LoadedRun
 
 MARKER = "COMPLETE"  # in a checkpoint folder, and in the run folder once the final outputs are in place
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 OWN_FILES = {"recipe.yaml", "log.jsonl", "run_info.json"}
+INFO_FILE = "llmtune_info.json"
 
 
 def is_finished(output_dir: Path) -> bool:
@@ -124,12 +128,16 @@ def versions() -> dict[str, str]:
 
 
 def run_info(extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    from llmtune.lockfile import compare_installed
+
     return {
         "command": " ".join(Path(sys.argv[0]).name if i == 0 else a for i, a in enumerate(sys.argv)),
         "git_hash": git_hash(),
         "versions": versions(),
         "platform": platform.platform(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        # whether this venv is the set of versions the test suite last passed with (constraints.txt)
+        "installed_set": compare_installed()["summary"],
         **(extra or {}),
     }
 
@@ -185,3 +193,88 @@ llmtune commit `{info.get("git_hash")}`; versions: {", ".join(f"{k} {v}" for k, 
 
 This is {load}; `llmtune predict` and `llmtune eval --model` take the folder as it is.
 """
+
+
+# ---- loading a run folder ---------------------------------------------------------------------------------
+
+
+def _read_json_file(path: Path, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, OSError, UnicodeDecodeError) as e:
+        raise LlmtuneError(f"{path}: unreadable {what} ({type(e).__name__}); the folder is damaged") from None
+    if not isinstance(value, dict):
+        raise LlmtuneError(f"{path}: unreadable {what} (not a JSON object); the folder is damaged")
+    return value
+
+
+def run_task(path: Path) -> tuple[str, dict[str, Any]]:
+    """(task, saved info) of a run folder from llmtune_info.json; for a plain model folder (a merged model,
+    any from_pretrained folder) the task whose model its config.json describes, and no info."""
+    from llmtune import tasks
+
+    if not path.is_dir():
+        raise LlmtuneError(f"{path}: not a folder; expected a run folder written by llmtune finetune")
+    if (path / INFO_FILE).is_file():
+        saved = _read_json_file(path / INFO_FILE, "run information")
+        task = saved.get("task")
+        if task not in tasks.TASKS:
+            raise LlmtuneError(f"{path / INFO_FILE}: task {task!r} is not one this llmtune knows "
+                               f"({', '.join(tasks.TASKS)}); the run needs another llmtune version")
+        return str(task), saved
+    if (path / "adapter_config.json").is_file():
+        adapter = _read_json_file(path / "adapter_config.json", "adapter config")
+        for name in tasks.TASKS:
+            if tasks.get(name).PEFT_TASK_TYPE == adapter.get("task_type"):
+                return name, {}
+        raise LlmtuneError(f"{path}: a PEFT adapter of type {adapter.get('task_type')!r}, which no llmtune task trains")
+    if not (path / "config.json").is_file():
+        raise LlmtuneError(f"{path}: not a run or model folder (no {INFO_FILE} or config.json)")
+    task = tasks.recognize(_read_json_file(path / "config.json", "model config"))
+    if task is None:
+        raise LlmtuneError(f"{path}: config.json describes no model an llmtune task uses")
+    return task, {}
+
+
+def _damaged(path: Path, e: BaseException) -> LlmtuneError | None:
+    """A weights file that exists but cannot be read (truncated download, disk full during a copy)."""
+    text = f"{type(e).__name__}: {e}"
+    for name in ("model.safetensors", "adapter_model.safetensors"):
+        f = path / name
+        if f.is_file() and ("safetensor" in text.lower() or "header" in text.lower() or name in text):
+            why = "incomplete header" if "header" in text.lower() else str(e).splitlines()[0][:80]
+            return LlmtuneError(f"{f} is damaged ({why}): re-run or restore it")
+    return None
+
+
+def load_run(path: Path | str, overrides: list[str] | None = None, recipe: Any = None) -> LoadedRun:
+    """A run folder (or a plain model folder) ready to use: task, resolved recipe (with `section.key=value`
+    overrides, or the `recipe` given), the task's info, model (eval mode, loaded on first use) and tokenizer.
+    The one loader that predict, eval, generate and merge use."""
+    from llmtune import tasks
+    from llmtune.recipe import load_recipe
+
+    path = Path(path).expanduser()
+    task, saved = run_task(path)
+    module = tasks.get(task)
+    if recipe is None and (path / "recipe.yaml").is_file():
+        recipe = load_recipe(path / "recipe.yaml", list(overrides or []))
+    info = module.Info.from_json(saved) if saved else None  # type: ignore[attr-defined]
+    if info is None and hasattr(module, "info_from_config") and (path / "config.json").is_file():
+        info = module.info_from_config(_read_json_file(path / "config.json", "model config"), str(path))
+
+    def load() -> tuple[Any, Any]:
+        try:
+            model, tokenizer = module.load_trained(path, recipe, info)
+        except LlmtuneError:
+            raise
+        except Exception as e:  # transformers/peft/safetensors raise many types for a folder they cannot read
+            damaged = _damaged(path, e)
+            if damaged is not None:
+                raise damaged from e
+            raise LlmtuneError(f"{path}: could not load the model: {str(e).strip().splitlines()[0][:200]}") from e
+        model.eval()
+        return model, tokenizer
+
+    return tasks.LoadedRun(path=path, task=task, recipe=recipe, info=info,
+                           adapter=(path / "adapter_config.json").is_file(), load=load)

@@ -12,9 +12,6 @@ one-line message naming the file and the line or item.
 
 from __future__ import annotations
 
-import csv
-import gzip
-import io
 import json
 import math
 from collections.abc import Sequence
@@ -23,51 +20,10 @@ from typing import Any, cast
 
 from llmtune import metrics as M
 from llmtune.errors import LlmtuneError
+from llmtune.inputs import read_records
 
 PREDICTION_FIELDS = ("prediction", "predictions", "generated", "output", "text")
 REFERENCE_FIELDS = ("reference", "references", "target", "targets", "label", "answer")
-
-_STRUCTURED = (".jsonl", ".json", ".csv", ".tsv")
-
-
-def _format(path: Path) -> str:
-    suffixes = [s.lower() for s in path.suffixes]
-    if suffixes and suffixes[-1] == ".gz":
-        suffixes = suffixes[:-1]
-    suffix = suffixes[-1] if suffixes else ""
-    return suffix if suffix in _STRUCTURED else ".txt"
-
-
-def _read_text(path: Path) -> str:
-    if not path.exists():
-        raise LlmtuneError(f"{path}: file not found")
-    if path.is_dir():
-        raise LlmtuneError(f"{path}: is a directory, not a file")
-    try:
-        data = path.read_bytes()
-        if path.suffix.lower() == ".gz":
-            data = gzip.decompress(data)
-    except (OSError, EOFError) as e:
-        raise LlmtuneError(f"{path}: cannot read: {e}") from None
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        offset = e.start + (3 if data.startswith(b"\xef\xbb\xbf") else 0)
-        line = data[:offset].count(b"\n") + 1
-        raise LlmtuneError(f"{path}, line {line}: not valid UTF-8 (byte 0x{data[offset]:02x}); "
-                           "re-save the file as UTF-8") from None
-    if not text.strip():
-        raise LlmtuneError(f"{path}: file is empty")
-    return text
-
-
-def _lines(text: str) -> list[str]:
-    # Split on \n only: str.splitlines() would also break at \x0b, \x1c, \u2028... inside a line.
-    lines = text.split("\n")
-    if lines[-1] == "":
-        lines.pop()
-    return [line[:-1] if line.endswith("\r") else line for line in lines]
-
 
 def _pick_field(path: Path, where: str, keys: Sequence[str], field: str | None,
                 defaults: Sequence[str]) -> str:
@@ -119,86 +75,30 @@ def _from_record(path: Path, where: str, record: Any, field: str | None, default
     return _value(path, where, record, allow_lists)
 
 
-def _read_jsonl(path: Path, text: str, field: str | None, defaults: Sequence[str],
-                allow_lists: bool) -> list[Any]:
-    out = []
-    for number, line in enumerate(_lines(text), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise LlmtuneError(f"{path}, line {number}: invalid JSON ({e.msg} at column {e.colno})") from None
-        out.append(_from_record(path, f"line {number}", record, field, defaults, allow_lists))
-    return out
-
-
-def _read_json(path: Path, text: str, field: str | None, defaults: Sequence[str],
-               allow_lists: bool) -> list[Any]:
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise LlmtuneError(f"{path}, line {e.lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
-    if isinstance(doc, dict) and field is not None and isinstance(doc.get(field), list):
-        # {"predictions": ["...", ...]}: the field names the list itself.
-        items, field = doc[field], None
-    elif isinstance(doc, list):
-        items = doc
-    else:
-        raise LlmtuneError(f"{path}: expected a JSON list of objects or strings, found {type(doc).__name__}")
-    if not items:
-        raise LlmtuneError(f"{path}: the JSON list is empty")
-    return [_from_record(path, f"item [{i}]", item, field, defaults, allow_lists)
-            for i, item in enumerate(items)]
-
-
-def _read_table(path: Path, text: str, delimiter: str, field: str | None, defaults: Sequence[str],
-                allow_lists: bool) -> list[Any]:
-    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
-    try:
-        header = next(reader)
-        if field is None and len(header) > 1 and not any(name in header for name in defaults):
-            column = 0  # no conventional name: the first column
-        else:
-            column = header.index(_pick_field(path, "header", header, field, defaults))
-        out: list[Any] = []
-        for row in reader:
-            if not row or row == [""]:
-                continue
-            if len(row) != len(header):
-                raise LlmtuneError(f"{path}, line {reader.line_num}: {len(row)} fields, the header has "
-                                   f"{len(header)}")
-            out.append([row[column]] if allow_lists else row[column])
-    except csv.Error as e:
-        raise LlmtuneError(f"{path}, line {reader.line_num}: {e}") from None
-    if not out:
-        raise LlmtuneError(f"{path}: no rows after the header")
-    return out
-
-
 def read_texts(path: str | Path, field: str | None = None, allow_lists: bool = False,
                default_fields: Sequence[str] = ()) -> list[str] | list[list[str]]:
-    """One text per example from a .txt/.jsonl/.json/.csv/.tsv file (see the module docstring).
+    """One text per example from a .txt/.jsonl/.json/.csv/.tsv file (see inputs.py for the formats).
 
     `field` names the JSON key or CSV column; without it a record with one key uses that key, else the first
     of `default_fields` present (CSV/TSV: else the first column). With `allow_lists` every item is a list of
     strings (a JSON list gives several references); without it every item is a string.
     """
     path = Path(path)
-    text = _read_text(path)
-    fmt = _format(path)
-    if fmt == ".txt":
+    records = read_records(path, list_field=field)
+    if records.fmt == ".txt":
         if field is not None:
             raise LlmtuneError(f"{path}: a plain-text file has no fields (field '{field}' given); "
                                "use .jsonl, .json, .csv or .tsv")
-        lines = _lines(text)
-        return [[line] for line in lines] if allow_lists else lines
-    if fmt == ".jsonl":
-        return _read_jsonl(path, text, field, default_fields, allow_lists)
-    if fmt == ".json":
-        return _read_json(path, text, field, default_fields, allow_lists)
-    return _read_table(path, text, "\t" if fmt == ".tsv" else ",", field, default_fields, allow_lists)
+        return [[line] for _, line in records.items] if allow_lists else [line for _, line in records.items]
+    if records.header is not None:
+        header = records.header
+        if field is None and len(header) > 1 and not any(name in header for name in default_fields):
+            key = header[0]  # no conventional name: the first column
+        else:
+            key = _pick_field(path, "header", header, field, default_fields)
+        return [[row[key]] if allow_lists else row[key] for _, row in records.items]
+    field = None if records.list_field else field
+    return [_from_record(path, where, item, field, default_fields, allow_lists) for where, item in records.items]
 
 
 def read_references(paths: str | Path | Sequence[str | Path], field: str | None = None) -> list[list[str]]:
@@ -212,6 +112,31 @@ def read_references(paths: str | Path | Sequence[str | Path], field: str | None 
         if len(col) != len(columns[0]):
             raise LlmtuneError(f"{p} has {len(col)} references but {paths[0]} has {len(columns[0])}")
     return [[r for col in columns for r in cast(list[str], col[i])] for i in range(len(columns[0]))]
+
+
+TAG_PREDICTION_FIELDS = ("predicted_tags", "prediction", "predictions", "tags")
+TAG_REFERENCE_FIELDS = ("tags", "ner_tags", "labels", "reference", "references")
+
+
+def read_tag_sequences(path: str | Path, field: str | None, defaults: Sequence[str]) -> list[list[str]]:
+    """One list of tags per sentence: JSON lists (or objects holding one under `field` / the first of
+    `defaults`: a run's predictions.jsonl serves as both files), or text with the tags of a sentence on one line,
+    space-separated."""
+    path = Path(path)
+    records = read_records(path, list_field=field)
+    out = []
+    for where, item in records.items:
+        if isinstance(item, dict):
+            key = _pick_field(path, where, list(item), field, defaults)
+            item, where = item[key], f"{where}, field '{key}'"
+        if isinstance(item, str):
+            item = item.split()
+        if not isinstance(item, list) or not all(isinstance(t, str) and t for t in item):
+            raise LlmtuneError(f"{path}, {where}: expected a list of tags (strings), got {str(item)[:60]}")
+        out.append(item)
+    if not out:
+        raise LlmtuneError(f"{path}: no sentences in the file")
+    return out
 
 
 def _json_float(x: float) -> float | None:
@@ -243,6 +168,14 @@ def score_files(
     options = options or {}
     if not metrics:
         raise LlmtuneError("no metric given")
+    if "squad" in metrics:  # files keyed by question id, read and scored by the question_answering task's code
+        from llmtune.tasks.question_answering import score_squad_files
+
+        refs = [references_path] if isinstance(references_path, str | Path) else list(references_path)
+        if len(metrics) != 1 or options or len(refs) != 1:
+            raise LlmtuneError("squad: one predictions and one references file, scored apart from other metrics")
+        return score_squad_files(predictions_path, refs[0], prediction_field, reference_field, bootstrap, seed,
+                                 alpha, compare_path)
     for name in list(metrics) + list(options):
         if name not in M.METRICS:
             raise LlmtuneError(f"unknown metric '{name}'; choose from {', '.join(M.METRICS)}")
@@ -257,6 +190,24 @@ def score_files(
         raise LlmtuneError(f"alpha must be between 0 and 1, got {alpha}")
 
     ref_paths = [references_path] if isinstance(references_path, str | Path) else list(references_path)
+    sequences = [m for m in metrics if M.METRICS[m].tag_sequences]
+    if sequences:
+        if len(sequences) != len(metrics):
+            raise LlmtuneError(f"{sequences[0]} scores tag sequences; score it apart from text and label metrics")
+        if len(ref_paths) != 1:
+            raise LlmtuneError(f"{sequences[0]}: one references file of tag sequences, got {len(ref_paths)}")
+        preds = read_tag_sequences(predictions_path, prediction_field, TAG_PREDICTION_FIELDS)
+        refs = read_tag_sequences(ref_paths[0], reference_field, TAG_REFERENCE_FIELDS)
+        alt = read_tag_sequences(compare_path, prediction_field, TAG_PREDICTION_FIELDS) if compare_path else None
+        for path, rows in ((predictions_path, preds), (compare_path, alt)):
+            if rows is not None and len(rows) != len(refs):
+                raise LlmtuneError(f"{path} has {len(rows)} sentences but {ref_paths[0]} has {len(refs)}")
+        for i, (p, r) in enumerate(zip(preds, refs, strict=True)):
+            if len(p) != len(r):
+                raise LlmtuneError(f"{predictions_path}, sentence {i + 1}: {len(p)} predicted tags but "
+                                   f"{ref_paths[0]} has {len(r)} tags")
+        return score_texts(preds, refs, metrics, options, bootstrap, seed, alpha, alt,  # type: ignore[arg-type]
+                           source=str(predictions_path), ref_name=str(ref_paths[0]))
     predictions = cast(list[str], read_texts(predictions_path, prediction_field,
                                              default_fields=PREDICTION_FIELDS))
     references = read_references(ref_paths, reference_field)
@@ -295,7 +246,7 @@ def score_texts(
     for name in dict.fromkeys(metrics):
         spec = M.METRICS[name]
         opts = options.get(name, {})
-        if spec.text_references:
+        if spec.text_references or spec.tag_sequences:
             preds, refs, alt = predictions, references, other
         else:
             several = next((i for i, r in enumerate(references) if len(r) != 1), None)

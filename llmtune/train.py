@@ -1,35 +1,41 @@
-"""The one Accelerate training loop that every task shares.
+"""The one Accelerate training loop that every task shares, as a few named steps.
 
 Order follows Accelerate's idioms: Accelerator first; tokenize under main_process_first; prepare model, optimizer,
 loaders and scheduler; step inside accumulate(); gather_for_metrics before scoring; only the main process writes.
+`finetune` reads as the sequence of steps; each step is a function of the `Run` that carries their shared state.
+Progress is reported as plain text through `report` (the CLI renders it) and through the `llmtune` logger.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import math
 import os
-import random
 import shutil
 import signal
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llmtune import batching, hardware, runs, tasks
 from llmtune import data as data_mod
-from llmtune import runs
-from llmtune.errors import LlmtuneError
+from llmtune.errors import Interrupted, LlmtuneError
 from llmtune.recipe import Recipe
 
 logger = logging.getLogger("llmtune")
 
-
-class Interrupted(LlmtuneError):
-    """Ctrl-C or SIGTERM during training: a checkpoint was saved."""
+#: the data keys (and defaults) of DataArgs when it held every task's keys; see _fingerprint
+LEGACY_DATA_DEFAULTS: dict[str, Any] = {
+    "text_column": "text", "text_pair_column": None, "label_column": "label", "label_names": None,
+    "source_column": None, "target_column": None, "source_prefix": None, "source_lang": None, "target_lang": None,
+    "format": "instruction", "prompt_column": "instruction", "input_column": "input", "completion_column": "output",
+    "messages_column": "messages", "template": None, "train_on_prompt": False, "packing": False,
+}
 
 
 @dataclass
@@ -55,79 +61,6 @@ class TrainerState:
     @classmethod
     def from_file(cls, path: Path) -> TrainerState:
         return cls(**json.loads(path.read_text()))
-
-
-class LengthGroupedBatches:
-    """Batches of similar length in a seeded, epoch-dependent order.
-
-    Shuffle indices, cut them into mega-batches of 50 batches, sort each mega-batch by length, then shuffle the
-    batches. Padding shrinks, yet batch composition stays random. The order depends only on (seed, epoch), so a
-    resumed run replays exactly the batches of an uninterrupted one.
-    """
-
-    def __init__(self, lengths: list[int], batch_size: int, seed: int, group_by_length: bool, shuffle: bool = True):
-        self.lengths = lengths
-        self.batch_size = batch_size
-        self.seed = seed
-        self.group = group_by_length
-        self.shuffle = shuffle
-        self.epoch = 0
-        self.skip = 0  # batches of this epoch already consumed before a resume
-
-    def set_position(self, epoch: int, skip: int = 0) -> None:
-        # not `set_epoch`: Accelerate calls that with its own count of iterations, which a resumed run restarts
-        self.epoch, self.skip = epoch, skip
-
-    def batches(self) -> list[list[int]]:
-        rng = random.Random(self.seed * 1_000_003 + self.epoch)
-        idx = list(range(len(self.lengths)))
-        if self.shuffle:
-            rng.shuffle(idx)
-        bs = self.batch_size
-        if self.group:
-            mega = bs * 50
-            idx = [i for s in range(0, len(idx), mega)
-                   for i in sorted(idx[s:s + mega], key=lambda i: -self.lengths[i])]
-        out = [idx[s:s + bs] for s in range(0, len(idx), bs)]
-        if self.group and self.shuffle:
-            rng.shuffle(out)
-        return out[self.skip:]
-
-    def __iter__(self) -> Any:
-        return iter(self.batches())
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.lengths) / self.batch_size) - self.skip
-
-
-def _lengths(ds: Any) -> list[int]:
-    return [len(x) for x in ds["input_ids"]]
-
-
-class FixedBatches:
-    """A fixed list of batches with the `batch_size` attribute Accelerate needs to split them across processes."""
-
-    def __init__(self, batches: list[list[int]], batch_size: int):
-        self.batches, self.batch_size = batches, batch_size
-
-    def __iter__(self) -> Any:
-        return iter(self.batches)
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-
-def eval_loader(ds: Any, collate: Any, batch_size: int) -> Any:
-    """Longest-first batches with an `idx` column, so padding is small and rows can be put back in order."""
-    from torch.utils.data import DataLoader
-
-    ds = ds.add_column("idx", list(range(len(ds)))) if "idx" not in ds.column_names else ds
-    order = sorted(range(len(ds)), key=lambda i: -len(ds[i]["input_ids"])) if len(ds) < 200_000 else list(range(len(ds)))
-    batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
-    import torch
-
-    return DataLoader(ds, batch_sampler=FixedBatches(batches, batch_size), collate_fn=collate,
-                      generator=torch.Generator().manual_seed(0))
 
 
 def _trainable_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
@@ -180,7 +113,10 @@ def _fingerprint(recipe: Recipe, train_ds: Any, lengths: list[int], processes: i
     reordered or extended file is caught without reading the whole dataset again.
     """
     r = recipe.to_dict()
-    data = {k: v for k, v in r["data"].items() if k not in ("max_eval_samples", "max_test_samples")}
+    # keys that DataArgs held before each task declared its own: their defaults fill in for the keys another task
+    # owns, so a checkpoint written before that change still resumes
+    data = {**LEGACY_DATA_DEFAULTS, **r["data"]}
+    data = {k: v for k, v in data.items() if k not in ("max_eval_samples", "max_test_samples")}
     h = hashlib.sha256(json.dumps(data, sort_keys=True).encode())
     h.update(json.dumps(lengths).encode())
     head = train_ds.select(range(min(256, len(train_ds))))
@@ -245,83 +181,13 @@ def _resolve_resume(recipe: Recipe, out: Path) -> Path | None:
     return p
 
 
-def check_hardware(recipe: Recipe) -> None:
-    """Settings this machine cannot run, said before anything is loaded."""
-    import torch
-
-    if recipe.train.mixed_precision == "fp16" and not torch.cuda.is_available():
-        raise LlmtuneError(f"{recipe.source}: train.mixed_precision=fp16 needs a CUDA GPU; on CPU use bf16 or no")
-
-
-def native_bf16() -> str | None:
-    """Where bf16 runs at full speed here: a CUDA GPU with bf16, or a CPU with bf16 instructions (AVX512-BF16,
-    AMX), which oneDNN uses for bf16 matrix products (~1.7x fp32 on an AVX512-BF16 EPYC). None elsewhere:
-    without them bf16 is emulated on a CPU and slower than fp32."""
-    import torch
-
-    if torch.cuda.is_available():
-        return "CUDA GPU with bf16" if torch.cuda.is_bf16_supported() else None
-    try:
-        if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
-            return "CPU with bf16 instructions"
-    except (AttributeError, RuntimeError):
-        pass
-    return None
-
-
-def release_freed_memory() -> None:
-    """Hand the heap pages training freed back to the OS before eval adds its own peak on top. Training with
-    varying batch shapes (bf16 autocast especially) leaves glibc's heap at 1.3-1.5 GB with under 0.3 GB live;
-    eval's allocations then come on top of that. No effect on any number; milliseconds."""
-    import gc
-    import sys
-
-    gc.collect()
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):  # not glibc (musl, ...)
-            pass
-
-
-@contextlib.contextmanager
-def full_precision(model: Any) -> Any:
-    """Evaluate without the autocast that Accelerate wraps around forward for mixed precision (put back after).
-
-    The weights are fp32 whatever the precision of training arithmetic, and the numbers of a run's eval must
-    not depend on it: under bf16 autocast a young LoRA adapter's small contribution is rounded away where it is
-    added to the base layer's bf16 output (eval loss 1.308 in bf16 against 1.266 in fp32 for the same adapter,
-    which `llmtune eval` would then report).
-    """
-    inner = getattr(model, "module", model)  # DDP keeps the wrapped forward on the module inside
-    wrapped, original = inner.__dict__.get("forward"), inner.__dict__.get("_original_forward")
-    if wrapped is None or original is None:
-        yield
-        return
-    inner.forward = original
-    try:
-        yield
-    finally:
-        inner.forward = wrapped
-
-
-def resolve_mixed_precision(recipe: Recipe) -> str:
-    """train.mixed_precision, with `auto` made concrete: bf16 where the hardware runs it natively, else no."""
-    mp = recipe.train.mixed_precision
-    if mp == "auto":
-        return "bf16" if native_bf16() else "no"
-    return mp
-
-
 def build_accelerator(recipe: Recipe, out: Path) -> Any:
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
 
-    mp = resolve_mixed_precision(recipe)
+    mp = hardware.resolve_mixed_precision(recipe)
     kwargs: dict[str, Any] = {}
-    check_hardware(recipe)
+    hardware.check_hardware(recipe)
     if mp != "no":
         kwargs["mixed_precision"] = mp  # otherwise the accelerate config (or `no`) decides
     log_with = None if recipe.train.report_to == "none" else recipe.train.report_to
@@ -347,253 +213,337 @@ def build_accelerator(recipe: Recipe, out: Path) -> Any:
     )
 
 
-def finetune(recipe: Recipe, console: Any = None) -> dict[str, Any]:
-    """Train, evaluate during and after training, write the run folder. Returns all_results."""
-    import torch
-    from accelerate.utils import set_seed
-    from transformers import get_scheduler
 
-    from llmtune import tasks
+
+@dataclass
+class Run:
+    """What the steps of one fine-tuning run share."""
+
+    recipe: Recipe
+    task: tasks.TaskModule
+    out: Path
+    report: Callable[[str], None]
+    t0: float = field(default_factory=time.time)
+    resume_from: Path | None = None
+    accelerator: Any = None
+    tokenizer: Any = None
+    splits: dict[str, data_mod.Split] = field(default_factory=dict)
+    info: Any = None
+    train_ds: Any = None
+    eval_ds: Any = None
+    model: Any = None
+    optimizer: Any = None
+    scheduler: Any = None
+    sampler: Any = None
+    train_loader: Any = None
+    eval_loader: Any = None
+    state: TrainerState = field(default_factory=TrainerState)
+    adapter_only: bool = False
+    max_steps: int = 0
+    batches_per_epoch: int = 0
+    updates_per_epoch: int = 1
+    metric_name: str = "loss"
+    greater: bool = False
+    last_eval: dict[str, float] = field(default_factory=dict)
+    last_records: list[dict[str, Any]] = field(default_factory=list)
+    last_eval_step: int = -1
+    base_eval: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def main(self) -> bool:
+        return bool(self.accelerator.is_main_process)
+
+    @property
+    def processes(self) -> int:
+        return int(self.accelerator.num_processes)
+
+
+def finetune(recipe: Recipe, report: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Train, evaluate during and after training, write the run folder. Returns all_results."""
+    run = prepare_run(recipe, report or (lambda message: None))
+    load_data_and_model(run)
+    build_loaders_and_optimizer(run)
+    restore_or_start(run)
+    evaluate_before_training(run)
+    train(run)
+    evaluate_at_end(run)
+    return finish(run)
+
+
+def prepare_run(recipe: Recipe, report: Callable[[str], None]) -> Run:
+    """Check the model name and the output folder before anything is written, then build the Accelerator."""
+    from accelerate.utils import set_seed
+
+    from llmtune.models import resolve
+
+    out = Path(recipe.train.output_dir or "runs/run")
+    run = Run(recipe=recipe, task=tasks.get(recipe.task), out=out, report=report)
+    resolve(recipe.model)  # a bad model name fails before anything is written
+    run.resume_from = _resolve_resume(recipe, out) if out.exists() else None
+    if run.resume_from is None and recipe.train.resume_from_checkpoint not in ("auto", False, "false"):
+        run.resume_from = _resolve_resume(recipe, out)
+    runs.prepare_output_dir(out, recipe.train.overwrite_output_dir, resume=run.resume_from is not None)
+    run.accelerator = build_accelerator(recipe, out)
+    if not run.main:
+        run.report = lambda message: None
+    set_seed(recipe.train.seed)
+    return run
+
+
+def load_data_and_model(run: Run) -> None:
+    """Tokenizer, validated splits, the task's info, tokenized splits (main process first: one cache), model."""
     from llmtune.models import load_tokenizer, resolve
 
-    t0 = time.time()
-    out = Path(recipe.train.output_dir or "runs/run")
-    task = tasks.get(recipe.task)
-    resolved = resolve(recipe.model)  # a bad model name fails before anything is written
-    resume_from = _resolve_resume(recipe, out) if out.exists() else None
-    if resume_from is None and recipe.train.resume_from_checkpoint not in ("auto", False, "false"):
-        resume_from = _resolve_resume(recipe, out)
-    runs.prepare_output_dir(out, recipe.train.overwrite_output_dir, resume=resume_from is not None)
-
-    accelerator = build_accelerator(recipe, out)
-    main = accelerator.is_main_process
-    say = (console.print if console is not None and main else (lambda *a, **k: None))
-    set_seed(recipe.train.seed)
-
-    tokenizer = load_tokenizer(recipe.model, resolved)
-    with accelerator.main_process_first():
-        splits = data_mod.load_splits(recipe, validate=lambda s: task.validate(recipe, s))
-        info = task.setup(recipe, splits, tokenizer)
-        train_ds = task.tokenize(recipe, tokenizer, splits["train"], info)
-        eval_ds = task.tokenize(recipe, tokenizer, splits["eval"], info)
-    if len(train_ds) == 0:
-        raise LlmtuneError(f"{splits['train'].origin}: no training rows left after preprocessing")
-
-    model = task.load_model(recipe, tokenizer, info)
+    recipe, task = run.recipe, run.task
+    run.tokenizer = load_tokenizer(recipe.model, resolve(recipe.model))
+    with run.accelerator.main_process_first():
+        run.splits = data_mod.load_splits(recipe, validate=lambda s: task.validate(recipe, s))
+        run.info = task.setup(recipe, run.splits, run.tokenizer)
+        run.train_ds = task.tokenize(recipe, run.tokenizer, run.splits["train"], run.info)
+        run.eval_ds = task.tokenize(recipe, run.tokenizer, run.splits["eval"], run.info)
+    if len(run.train_ds) == 0:
+        raise LlmtuneError(f"{run.splits['train'].origin}: no training rows left after preprocessing")
+    run.model = task.load_model(recipe, run.tokenizer, run.info)
     if recipe.train.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if hasattr(model, "enable_input_require_grads"):
-            model.enable_input_require_grads()
-    collate = task.collator(recipe, tokenizer, model)
+        run.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(run.model, "enable_input_require_grads"):
+            run.model.enable_input_require_grads()
 
-    from torch.utils.data import DataLoader
 
-    t = recipe.train
-    lengths = _lengths(train_ds)
-    n = accelerator.num_processes
-    sampler = LengthGroupedBatches(lengths, t.per_device_train_batch_size * n, t.seed, t.group_by_length)
-    # A loader without its own generator draws its base seed from the global RNG whenever an iterator starts;
-    # a resumed run starts one at another moment, which would shift every dropout mask after it.
-    train_loader = DataLoader(train_ds, batch_sampler=sampler, collate_fn=collate,
-                              num_workers=t.dataloader_num_workers, generator=torch.Generator().manual_seed(t.seed))
-    ev_loader = eval_loader(eval_ds, collate, t.per_device_eval_batch_size * n)
-    optimizer = make_optimizer(model, recipe)
+def build_loaders_and_optimizer(run: Run) -> None:
+    """Length-grouped train batches, longest-first eval batches, AdamW and the schedule; all prepared."""
+    from transformers import get_scheduler
 
-    batches_per_epoch = len(sampler)
-    updates_per_epoch = max(1, math.ceil(batches_per_epoch / t.gradient_accumulation_steps))
-    max_steps = t.max_steps if t.max_steps > 0 else math.ceil(t.num_train_epochs * updates_per_epoch)
-    num_epochs = math.ceil(max_steps / updates_per_epoch)
-    warmup = t.warmup_steps or math.ceil(t.warmup_ratio * max_steps)
+    t, n = run.recipe.train, run.processes
+    collate = run.task.collator(run.recipe, run.tokenizer, run.model)
+    lengths = batching.lengths(run.train_ds)
+    run.sampler = batching.LengthGroupedBatches(lengths, t.per_device_train_batch_size * n, t.seed, t.group_by_length)
+    train_loader = batching.train_loader(run.train_ds, collate, run.sampler, t.dataloader_num_workers, t.seed)
+    eval_loader = batching.eval_loader(run.eval_ds, collate, t.per_device_eval_batch_size * n)
+    optimizer = make_optimizer(run.model, run.recipe)
+    run.batches_per_epoch = len(run.sampler)
+    run.updates_per_epoch = max(1, math.ceil(run.batches_per_epoch / t.gradient_accumulation_steps))
+    run.max_steps = t.max_steps if t.max_steps > 0 else math.ceil(t.num_train_epochs * run.updates_per_epoch)
+    warmup = t.warmup_steps or math.ceil(t.warmup_ratio * run.max_steps)
     # with split_batches the prepared scheduler steps once per update, whatever the number of processes
-    scheduler = get_scheduler(t.lr_scheduler_type, optimizer, num_warmup_steps=warmup, num_training_steps=max_steps)
-    model, optimizer, train_loader, ev_loader, scheduler = accelerator.prepare(
-        model, optimizer, train_loader, ev_loader, scheduler)
+    scheduler = get_scheduler(t.lr_scheduler_type, optimizer, num_warmup_steps=warmup,
+                              num_training_steps=run.max_steps)
+    run.model, run.optimizer, run.train_loader, run.eval_loader, run.scheduler = run.accelerator.prepare(
+        run.model, optimizer, train_loader, eval_loader, scheduler)
+    run.adapter_only = _is_peft(run.accelerator.unwrap_model(run.model))
+    if run.adapter_only:
+        run.accelerator.register_save_state_pre_hook(_keep_trainable)
+    run.state = TrainerState(fingerprint=_fingerprint(run.recipe, run.train_ds, lengths, n))
+    run.metric_name = t.metric_for_best_model or run.task.DEFAULT_METRIC
+    run.greater = run.task.GREATER_IS_BETTER if t.metric_for_best_model in (None, run.task.DEFAULT_METRIC) else \
+        not run.metric_name.endswith(("loss", "perplexity", "ter"))
 
-    adapter_only = _is_peft(accelerator.unwrap_model(model))
-    if adapter_only:
-        accelerator.register_save_state_pre_hook(_keep_trainable)
-    state = TrainerState(fingerprint=_fingerprint(recipe, train_ds, lengths, n))
-    if resume_from is not None:
-        saved = TrainerState.from_file(resume_from / "trainer_state.json")
-        _check_resume_compatible(saved.fingerprint, state.fingerprint, resume_from)
-        accelerator.load_state(str(resume_from), **({"strict": False} if adapter_only else {}))
-        saved.fingerprint = state.fingerprint
-        state = saved
-        say(f"[bold]Resuming[/] from {resume_from} (step {state.global_step})")
-    if main:
+
+def restore_or_start(run: Run) -> None:
+    """Load the checkpoint to resume from (if any); write the resolved recipe and run_info.json; say what runs."""
+    recipe, t, out, acc = run.recipe, run.recipe.train, run.out, run.accelerator
+    if run.resume_from is not None:
+        saved = TrainerState.from_file(run.resume_from / "trainer_state.json")
+        _check_resume_compatible(saved.fingerprint, run.state.fingerprint, run.resume_from)
+        acc.load_state(str(run.resume_from), **({"strict": False} if run.adapter_only else {}))
+        saved.fingerprint = run.state.fingerprint
+        run.state = saved
+        run.report(f"Resuming from {run.resume_from} (step {run.state.global_step})")
+    if run.main:
         out.mkdir(parents=True, exist_ok=True)
         runs.clean_partial(out)
         (out / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
         runs.write_json(out / "run_info.json", runs.run_info({"recipe_source": recipe.source,
-                                                                  "mixed_precision": accelerator.mixed_precision}))
-    if accelerator.log_with:
-        accelerator.init_trackers(out.name, config=_flat_config(recipe))
-
-    metric_name = t.metric_for_best_model or task.DEFAULT_METRIC
-    greater = task.GREATER_IS_BETTER if t.metric_for_best_model in (None, task.DEFAULT_METRIC) else \
-        not metric_name.endswith(("loss", "perplexity", "ter"))
+                                                              "mixed_precision": acc.mixed_precision}))
+    if acc.log_with:
+        acc.init_trackers(out.name, config=_flat_config(recipe))
+    n = run.processes
     global_batch = t.per_device_train_batch_size * n * t.gradient_accumulation_steps
-    say(f"[bold]{recipe.task}[/] on {len(train_ds):,} train / {len(eval_ds):,} eval rows; global batch "
-        f"{global_batch} = {t.per_device_train_batch_size} per device x {n} processes x "
-        f"{t.gradient_accumulation_steps} accumulation; {max_steps} optimizer steps ({num_epochs} epochs)")
+    num_epochs = math.ceil(run.max_steps / run.updates_per_epoch)
+    run.report(f"{recipe.task} on {len(run.train_ds):,} train / {len(run.eval_ds):,} eval rows; global batch "
+               f"{global_batch} = {t.per_device_train_batch_size} per device x {n} processes x "
+               f"{t.gradient_accumulation_steps} accumulation; {run.max_steps} optimizer steps ({num_epochs} epochs)")
     if t.mixed_precision == "auto":
-        say(f"mixed precision: {accelerator.mixed_precision} (auto: "
-            f"{native_bf16() or 'no native bf16 on this hardware'})")
+        run.report(f"mixed precision: {acc.mixed_precision} (auto: "
+                   f"{hardware.native_bf16() or 'no native bf16 on this hardware'})")
 
-    log_path = out / "log.jsonl"
 
-    def log(row: dict[str, Any]) -> None:
-        state.log_history.append(row)
-        if main:
-            with log_path.open("a", encoding="utf-8") as f:
-                f.write(json.dumps(row) + "\n")
-        if accelerator.log_with:
-            accelerator.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=row["step"])
+def log(run: Run, row: dict[str, Any]) -> None:
+    run.state.log_history.append(row)
+    if run.main:
+        with (run.out / "log.jsonl").open("a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+    if run.accelerator.log_with:
+        run.accelerator.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=row["step"])
 
-    def run_eval() -> tuple[dict[str, float], list[dict[str, Any]]]:
-        ctx = tasks.EvalContext(model=model, loader=ev_loader, accelerator=accelerator, recipe=recipe,
-                                tokenizer=tokenizer, info=info, split=splits["eval"])
-        release_freed_memory()
-        with full_precision(model):
-            metrics, records = task.evaluate(ctx)
-        return {f"eval_{k}": v for k, v in metrics.items()}, records
 
-    def save_checkpoint() -> None:
-        step = state.global_step
-        tmp, final = out / f".tmp-checkpoint-{step}", out / f"checkpoint-{step}"
-        try:
-            if main and tmp.exists():
-                shutil.rmtree(tmp)
-            accelerator.wait_for_everyone()
-            accelerator.save_state(str(tmp), safe_serialization=True)
-            accelerator.wait_for_everyone()
-            if main:
-                (tmp / "trainer_state.json").write_text(state.to_json())
-                runs.commit_dir(tmp, final)
-                runs.rotate_checkpoints(out, t.save_total_limit, keep_step=state.best_step)
-        except OSError as e:
-            if main:
-                shutil.rmtree(tmp, ignore_errors=True)
-            prev = runs.checkpoints(out)
-            kept = f"the previous checkpoint {prev[-1][1]} is intact" if prev else "no earlier checkpoint exists"
-            raise LlmtuneError(f"could not write checkpoint {final} ({e.strerror or e}); {kept}") from e
-        accelerator.wait_for_everyone()
+def evaluate(task: tasks.TaskModule, ctx: tasks.EvalContext) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """The eval loop every task shares: the task's eval_step on each batch, outputs gathered from every process,
+    each row once and in row order, then the task's score (in fp32: see hardware.full_precision)."""
+    import torch
 
-    last_eval: dict[str, float] = {}
-    last_records: list[dict[str, Any]] = []
-    last_eval_step = -1
+    model = ctx.model
+    was_training = model.training
+    model.eval()
+    per_batch = []
+    try:
+        with hardware.full_precision(model), torch.no_grad():
+            for batch in ctx.loader:
+                idx = batch.pop("idx")
+                outputs = task.eval_step(model, batch)
+                if outputs:
+                    per_batch.append(batching.collect(ctx.accelerator, idx, outputs))
+            outputs = batching.gather_outputs(ctx.accelerator, per_batch)
+            return task.score(ctx, outputs)
+    finally:
+        if was_training:
+            model.train()
 
-    def evaluate_now() -> None:
-        nonlocal last_eval, last_records, last_eval_step
-        last_eval, last_records = run_eval()
-        last_eval_step = state.global_step
-        log({"step": state.global_step, "epoch": round(state.global_step / updates_per_epoch, 4), **last_eval})
-        say(f"step {state.global_step}: " + ", ".join(f"{k} {v:.4f}" for k, v in last_eval.items()))
-        value = last_eval.get(f"eval_{metric_name}")
-        if state.global_step == 0:
-            return  # the untrained baseline is reported, never kept as "best"
-        if value is not None and (state.best_metric is None or
-                                  (value > state.best_metric if greater else value < state.best_metric)):
-            state.best_metric, state.best_step = value, state.global_step
 
-    import sys
+def evaluate_now(run: Run, keep_best: bool = True) -> None:
+    ctx = tasks.EvalContext(model=run.model, loader=run.eval_loader, accelerator=run.accelerator, recipe=run.recipe,
+                            tokenizer=run.tokenizer, info=run.info, split=run.splits["eval"])
+    hardware.release_freed_memory()
+    metrics, run.last_records = evaluate(run.task, ctx)
+    run.last_eval = {f"eval_{k}": v for k, v in metrics.items()}
+    run.last_eval_step = step = run.state.global_step
+    log(run, {"step": step, "epoch": round(step / run.updates_per_epoch, 4), **run.last_eval})
+    run.report(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in run.last_eval.items()))
+    value = run.last_eval.get(f"eval_{run.metric_name}")
+    if step == 0 or not keep_best:
+        return  # the untrained baseline is reported, never kept as "best"
+    st = run.state
+    if value is not None and (st.best_metric is None or
+                              (value > st.best_metric if run.greater else value < st.best_metric)):
+        st.best_metric, st.best_step = value, step
 
-    base_eval: dict[str, float] = {}
-    before = recipe.eval.before_training
-    before = getattr(task, "EVAL_BEFORE_TRAINING", False) if before is None else before
-    if before and resume_from is None and state.global_step == 0:
-        # the base model's numbers, so a run shows what fine-tuning bought; forked RNG: seeded generation in
-        # eval must not shift the training stream
+
+def evaluate_before_training(run: Run) -> None:
+    """The base model's numbers, so a run shows what fine-tuning bought (or, on resume, the ones it logged)."""
+    import torch
+
+    before = run.recipe.eval.before_training
+    before = run.task.EVAL_BEFORE_TRAINING if before is None else before
+    if before and run.resume_from is None and run.state.global_step == 0:
+        # forked RNG: seeded generation in eval must not shift the training stream
         with torch.random.fork_rng():
-            evaluate_now()
-        base_eval = dict(last_eval)
-    elif resume_from is not None:
-        first = state.log_history[0] if state.log_history else {}
-        base_eval = {k: v for k, v in first.items() if k.startswith("eval_")} if first.get("step") == 0 else {}
+            evaluate_now(run)
+        run.base_eval = dict(run.last_eval)
+    elif run.resume_from is not None:
+        first = run.state.log_history[0] if run.state.log_history else {}
+        run.base_eval = {k: v for k, v in first.items() if k.startswith("eval_")} if first.get("step") == 0 else {}
 
+
+def save_checkpoint(run: Run) -> None:
+    acc, out, state = run.accelerator, run.out, run.state
+    step = state.global_step
+    tmp, final = out / f".tmp-checkpoint-{step}", out / f"checkpoint-{step}"
+    try:
+        if run.main and tmp.exists():
+            shutil.rmtree(tmp)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp), safe_serialization=True)
+        acc.wait_for_everyone()
+        if run.main:
+            (tmp / "trainer_state.json").write_text(state.to_json())
+            runs.commit_dir(tmp, final)
+            runs.rotate_checkpoints(out, run.recipe.train.save_total_limit, keep_step=state.best_step)
+    except OSError as e:
+        if run.main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        prev = runs.checkpoints(out)
+        kept = f"the previous checkpoint {prev[-1][1]} is intact" if prev else "no earlier checkpoint exists"
+        raise LlmtuneError(f"could not write checkpoint {final} ({e.strerror or e}); {kept}") from e
+    acc.wait_for_everyone()
+
+
+def _progress_bar(run: Run) -> Any:
     from tqdm.auto import tqdm
 
     # TQDM_DISABLE read here too: tqdm reads it once, at import, so a caller setting it later was not heard
     quiet = os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true")
-    progress = tqdm(total=max_steps, initial=state.global_step, disable=not main or quiet, desc="training",
-                    unit="step", dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 30)
+    return tqdm(total=run.max_steps, initial=run.state.global_step, disable=not run.main or quiet, desc="training",
+                unit="step", dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 30)
+
+
+def train(run: Run) -> None:
+    """Optimizer steps until max_steps: accumulate, clip, step; log, evaluate and checkpoint on schedule;
+    a Ctrl-C or SIGTERM saves a checkpoint at the next update and stops (Interrupted)."""
+    import torch
+
+    acc, t, state, model = run.accelerator, run.recipe.train, run.state, run.model
+    loss_of = tasks.loss_fn(run.task)
+    progress = _progress_bar(run)
     model.train()
-    loss_acc = torch.full((), state.pending_loss_sum, device=accelerator.device)
+    loss_acc = torch.full((), state.pending_loss_sum, device=acc.device)
     loss_n = state.pending_loss_n
-    tok_acc = torch.zeros((), device=accelerator.device, dtype=torch.long)
+    tok_acc = torch.zeros((), device=acc.device, dtype=torch.long)
     keep_going = True
     window_t, window_samples = time.time(), 0
     seg_start = time.time()
-    stop = _StopFlag()
-    with stop:
-        while state.global_step < max_steps:
+    with _StopFlag() as stop:
+        while state.global_step < run.max_steps:
             epoch = state.epoch
             # Skipping inside our own sampler (not accelerate's skip_first_batches, whose new loader draws a seed
             # from the global RNG) keeps the dropout stream of a resumed run identical to an uninterrupted one.
-            sampler.set_position(epoch, skip=state.batches_in_epoch)
-            for batch in train_loader:
-                with accelerator.accumulate(model):
-                    outputs = model(**batch)
-                    loss = outputs.loss
-                    accelerator.backward(loss)
+            run.sampler.set_position(epoch, skip=state.batches_in_epoch)
+            for batch in run.train_loader:
+                with acc.accumulate(model):
+                    loss = loss_of(model, batch)
+                    acc.backward(loss)
                     finite = True
-                    if accelerator.sync_gradients:
+                    if acc.sync_gradients:
                         if t.max_grad_norm > 0:
-                            accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
+                            acc.clip_grad_norm_(model.parameters(), t.max_grad_norm)
                         # one collective per update carries both the finiteness of the loss and a pending signal
-                        flags = accelerator.reduce(torch.stack([
+                        flags = acc.reduce(torch.stack([
                             torch.isfinite(loss.detach()).float(),
                             torch.tensor(float(stop.signum is None), device=loss.device)]), "min")
                         finite, keep_going = bool(flags[0] > 0), bool(flags[1] > 0)
                         if not finite and not t.skip_nonfinite:
                             raise LlmtuneError(
                                 f"non-finite loss ({loss.item()}) at step {state.global_step + 1}; the last good "
-                                f"checkpoint is kept in {out}. Lower train.learning_rate, or set "
+                                f"checkpoint is kept in {run.out}. Lower train.learning_rate, or set "
                                 "train.skip_nonfinite=true to skip such steps")
                         if not finite:
-                            optimizer.zero_grad()
+                            run.optimizer.zero_grad()
                             logger.warning("skipped step %d: non-finite loss", state.global_step + 1)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad()
+                    run.optimizer.step()
+                    run.scheduler.step()
+                    run.optimizer.zero_grad()
                 state.batches_in_epoch += 1
-                if "attention_mask" in batch:
-                    bsz = batch["input_ids"].shape[0]
-                    tok_acc += batch["attention_mask"].sum()
-                else:  # a packed row: examples start where position ids restart
-                    pos = batch.get("position_ids")
-                    bsz = int((pos == 0).sum()) if pos is not None else batch["input_ids"].shape[0]
-                    tok_acc += batch["input_ids"].numel()
+                bsz, tokens = _batch_size_and_tokens(batch)
+                tok_acc += tokens
                 # each process sees its slice of the global batch; every slice has the same size but the last
-                window_samples += bsz * n
-                state.samples_seen += bsz * n
+                window_samples += bsz * run.processes
+                state.samples_seen += bsz * run.processes
                 if finite:
                     loss_acc += loss.detach().float()
                     loss_n += 1
-                if not accelerator.sync_gradients:
+                if not acc.sync_gradients:
                     continue
                 state.global_step += 1
                 progress.update(1)
-                if state.global_step % t.logging_steps == 0 or state.global_step == max_steps:
-                    mean_loss = float(accelerator.reduce(loss_acc / max(loss_n, 1), "mean"))
+                if state.global_step % t.logging_steps == 0 or state.global_step == run.max_steps:
+                    mean_loss = float(acc.reduce(loss_acc / max(loss_n, 1), "mean"))
                     state.train_loss_sum += mean_loss * loss_n
                     state.train_loss_count += loss_n
                     loss_acc.zero_()
                     loss_n = 0
-                    state.tokens_seen += int(accelerator.reduce(tok_acc, "sum"))
+                    state.tokens_seen += int(acc.reduce(tok_acc, "sum"))
                     tok_acc.zero_()
                     now = time.time()
                     sps = window_samples / max(now - window_t, 1e-9)
                     window_t, window_samples = now, 0
-                    lr = scheduler.get_last_lr()[0]
-                    log({"step": state.global_step, "epoch": round(state.global_step / updates_per_epoch, 4),
-                         "loss": round(mean_loss, 6), "learning_rate": lr, "samples_per_second": round(sps, 2)})
+                    lr = run.scheduler.get_last_lr()[0]
+                    log(run, {"step": state.global_step, "epoch": round(state.global_step / run.updates_per_epoch, 4),
+                              "loss": round(mean_loss, 6), "learning_rate": lr, "samples_per_second": round(sps, 2)})
                     progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", sps=f"{sps:.1f}")
-                is_epoch_end = state.batches_in_epoch >= batches_per_epoch
+                is_epoch_end = state.batches_in_epoch >= run.batches_per_epoch
                 do_eval = (t.eval_steps and state.global_step % t.eval_steps == 0) or \
-                    (not t.eval_steps and is_epoch_end and state.global_step < max_steps)
+                    (not t.eval_steps and is_epoch_end and state.global_step < run.max_steps)
                 if do_eval:
-                    evaluate_now()
+                    evaluate_now(run)
                 do_save = (t.save_steps and state.global_step % t.save_steps == 0) or (not t.save_steps and do_eval)
                 stop_now = not keep_going
                 if is_epoch_end:
@@ -602,51 +552,73 @@ def finetune(recipe: Recipe, console: Any = None) -> dict[str, Any]:
                     state.pending_loss_sum, state.pending_loss_n = float(loss_acc), loss_n
                     state.train_seconds += time.time() - seg_start
                     seg_start = time.time()
-                    save_checkpoint()
+                    save_checkpoint(run)
                 if stop_now:
                     progress.close()
                     raise Interrupted(f"interrupted at step {state.global_step}; checkpoint saved in "
-                                      f"{out}/checkpoint-{state.global_step}. Run the same command again to resume")
-                if state.global_step >= max_steps:
+                                      f"{run.out}/checkpoint-{state.global_step}. Run the same command again to resume")
+                if state.global_step >= run.max_steps:
                     break
             else:
                 state.epoch, state.batches_in_epoch = epoch + 1, 0
     progress.close()
     state.train_seconds += time.time() - seg_start
 
-    if last_eval_step != state.global_step:
-        evaluate_now()
-    if t.load_best_model_at_end and state.best_step is not None and state.best_step != state.global_step:
-        best = out / f"checkpoint-{state.best_step}"
+
+def _batch_size_and_tokens(batch: dict[str, Any]) -> tuple[int, Any]:
+    """Examples and real (non-pad) tokens of a batch: a packed row's examples start where position ids restart."""
+    if "attention_mask" in batch:
+        return batch["input_ids"].shape[0], batch["attention_mask"].sum()
+    pos = batch.get("position_ids")
+    bsz = int((pos == 0).sum()) if pos is not None else batch["input_ids"].shape[0]
+    return bsz, batch["input_ids"].numel()
+
+
+def evaluate_at_end(run: Run) -> None:
+    """The final step's eval (unless it just ran), then the best checkpoint's weights if asked for."""
+    state = run.state
+    if run.last_eval_step != state.global_step:
+        evaluate_now(run)
+    if run.recipe.train.load_best_model_at_end and state.best_step is not None and state.best_step != state.global_step:
+        best = run.out / f"checkpoint-{state.best_step}"
         if best.exists():
-            accelerator.load_state(str(best), **({"strict": False} if adapter_only else {}))
-            say(f"loaded the best model (step {state.best_step}, {metric_name} {state.best_metric:.4f})")
-            last_eval, last_records = run_eval()
-    train_loss = state.train_loss_sum / max(state.train_loss_count, 1)
+            run.accelerator.load_state(str(best), **({"strict": False} if run.adapter_only else {}))
+            run.report(f"loaded the best model (step {state.best_step}, {run.metric_name} {state.best_metric:.4f})")
+            ctx = tasks.EvalContext(model=run.model, loader=run.eval_loader, accelerator=run.accelerator,
+                                    recipe=run.recipe, tokenizer=run.tokenizer, info=run.info,
+                                    split=run.splits["eval"])
+            metrics, run.last_records = evaluate(run.task, ctx)
+            run.last_eval = {f"eval_{k}": v for k, v in metrics.items()}
+
+
+def finish(run: Run) -> dict[str, Any]:
+    """The results files and the final model, written by the main process; returns all_results."""
+    state, acc = run.state, run.accelerator
+    epoch = round(state.global_step / run.updates_per_epoch, 4)
     train_results = {
-        "epoch": round(state.global_step / updates_per_epoch, 4),
-        "train_loss": train_loss,
+        "epoch": epoch,
+        "train_loss": state.train_loss_sum / max(state.train_loss_count, 1),
         "train_runtime": round(state.train_seconds, 3),
-        "train_samples": len(train_ds),
+        "train_samples": len(run.train_ds),
         "train_samples_per_second": round(state.samples_seen / max(state.train_seconds, 1e-9), 3),
         "train_steps_per_second": round(state.global_step / max(state.train_seconds, 1e-9), 3),
         "train_tokens_per_second": round(state.tokens_seen / max(state.train_seconds, 1e-9), 3),
         "global_step": state.global_step,
-        "total_wall_seconds": round(time.time() - t0, 3),
+        "total_wall_seconds": round(time.time() - run.t0, 3),
     }
-    eval_results = {**last_eval, **{f"base_{k}": v for k, v in base_eval.items()}, "eval_samples": len(eval_ds),
-                    "epoch": train_results["epoch"]}
+    eval_results = {**run.last_eval, **{f"base_{k}": v for k, v in run.base_eval.items()},
+                    "eval_samples": len(run.eval_ds), "epoch": epoch}
     if state.best_step is not None:
-        eval_results[f"best_{metric_name}"] = state.best_metric
+        eval_results[f"best_{run.metric_name}"] = state.best_metric
         eval_results["best_step"] = state.best_step
     all_results = {**train_results, **eval_results}
-    accelerator.wait_for_everyone()
-    if main:
-        write_final(out, accelerator.unwrap_model(model), tokenizer, recipe, info, train_results, eval_results,
-                    all_results, last_records, state.log_history)
-    accelerator.wait_for_everyone()
-    if accelerator.log_with:
-        accelerator.end_training()
+    acc.wait_for_everyone()
+    if run.main:
+        write_final(run.out, acc.unwrap_model(run.model), run.tokenizer, run.recipe, run.info, train_results,
+                    eval_results, all_results, run.last_records, state.log_history)
+    acc.wait_for_everyone()
+    if acc.log_with:
+        acc.end_training()
     return all_results
 
 
@@ -667,7 +639,7 @@ def save_model(model: Any, tokenizer: Any, folder: Path) -> None:
     tokenizer.save_pretrained(str(folder))
 
 
-def write_final(out: Path, model: Any, tokenizer: Any, recipe: Recipe, info: dict[str, Any],
+def write_final(out: Path, model: Any, tokenizer: Any, recipe: Recipe, info: Any,
                 train_results: dict[str, Any], eval_results: dict[str, Any], all_results: dict[str, Any],
                 records: list[dict[str, Any]], log_history: list[dict[str, Any]]) -> None:
     tmp = out / ".tmp-final"
@@ -679,8 +651,7 @@ def write_final(out: Path, model: Any, tokenizer: Any, recipe: Recipe, info: dic
     runs.write_json(tmp / "eval_results.json", eval_results)
     runs.write_json(tmp / "all_results.json", all_results)
     runs.write_jsonl(tmp / "predictions.jsonl", records)
-    runs.write_json(tmp / "llmtune_info.json", {"task": recipe.task, **{k: v for k, v in info.items()
-                                                                          if k != "label_values"}})
+    runs.write_json(tmp / runs.INFO_FILE, {"task": recipe.task, **info.to_json()})
     try:
         runs.plot_loss(log_history, tmp / "loss.png")
     except Exception as e:  # a plot must never cost the run

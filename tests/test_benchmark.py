@@ -22,7 +22,7 @@ def test_benchmark_tiny_writes_results_table_and_charts(tmp_path: Path, cli, mon
     # no --data-dir and no hub: the data bundled with llmtune, and the report says so
     assert cls["data"]["origin"] == "bundled llmtune:sentiment"
     # llmtune also runs in fp32 where its recipes' mixed_precision auto picks bf16, to show bf16's share
-    from llmtune.train import native_bf16
+    from llmtune.hardware import native_bf16
 
     fp32 = ["llmtune_fp32"] if native_bf16() else []
     assert sorted(r["side"] for r in cls["runs"]) == sorted(["llmtune", "ref_default", "ref_tuned", *fp32])

@@ -310,7 +310,7 @@ def test_adapter_checkpoints_hold_the_adapter_only_and_resume_exactly(tiny_llama
 def test_auto_precision_and_no_base_eval(tiny_llama: Path, tmp_path: Path, cli) -> None:
     """mixed_precision=auto picks bf16 exactly where the hardware has native bf16 and says which in run_info;
     eval.before_training=false skips the base-model eval that causal_lm runs by default."""
-    from llmtune.train import native_bf16
+    from llmtune.hardware import native_bf16
 
     out = tmp_path / "run"
     res = cli("finetune", write_recipe(tmp_path / "r.yaml", tiny_llama, out, train__max_steps=2,
@@ -326,15 +326,15 @@ def test_auto_precision_and_no_base_eval(tiny_llama: Path, tmp_path: Path, cli) 
 
 
 def test_auto_precision_is_fp32_without_native_bf16(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from llmtune import train
+    from llmtune import hardware
     from llmtune.recipe import build_recipe
 
     recipe = build_recipe(recipe_dict("x", tmp_path, train__mixed_precision="auto"))
-    monkeypatch.setattr(train, "native_bf16", lambda: None)
-    assert train.resolve_mixed_precision(recipe) == "no"
-    monkeypatch.setattr(train, "native_bf16", lambda: "CPU with bf16 instructions")
-    assert train.resolve_mixed_precision(recipe) == "bf16"
-    assert train.resolve_mixed_precision(build_recipe(recipe_dict("x", tmp_path))) == "no"
+    monkeypatch.setattr(hardware, "native_bf16", lambda: None)
+    assert hardware.resolve_mixed_precision(recipe) == "no"
+    monkeypatch.setattr(hardware, "native_bf16", lambda: "CPU with bf16 instructions")
+    assert hardware.resolve_mixed_precision(recipe) == "bf16"
+    assert hardware.resolve_mixed_precision(build_recipe(recipe_dict("x", tmp_path))) == "no"
 
 
 def test_bf16_training_evaluates_in_full_precision(tiny_llama: Path, tmp_path: Path, cli) -> None:

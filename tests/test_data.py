@@ -39,7 +39,7 @@ def test_csv_parquet_and_max_samples(tmp_path: Path) -> None:
                max_train_samples=10, max_eval_samples=4)
     assert len(s["train"].dataset) == 10 and len(s["eval"].dataset) == 4
     info = classification.setup(recipe(train_file="t.csv", text_column="sentence"), s, None)
-    assert info["label_names"] == ["0", "1", "2"]
+    assert info.label_names == ["0", "1", "2"]
 
 
 def test_list_of_strings_is_joined_and_gz_text_pairs(tmp_path: Path) -> None:

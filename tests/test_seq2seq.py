@@ -158,7 +158,7 @@ def test_multi_reference_validation_and_scoring(tmp_path: Path) -> None:
     import datasets
     from rouge_score import rouge_scorer
 
-    from llmtune.tasks.seq2seq import references, score, validate
+    from llmtune.tasks.seq2seq import references, score_texts, validate
 
     r = _recipe("summarization", source_column="doc", target_column="sum")
     good = datasets.Dataset.from_list([{"doc": "a b c", "sum": ["the cat sat", "a dog ran"]},
@@ -177,7 +177,7 @@ def test_multi_reference_validation_and_scoring(tmp_path: Path) -> None:
     # several references: ROUGE takes the best one per example, as rouge_score's score_multi does
     preds = ["a dog ran fast", "nothing in common"]
     refs = [["the cat sat", "a dog ran"], ["one more"]]
-    got = score(["rouge"], preds, refs)
+    got = score_texts(["rouge"], preds, refs)
     scorer = rouge_scorer.RougeScorer(["rouge1"], use_stemmer=True)
     want = sum(scorer.score_multi(t, p)["rouge1"].fmeasure for p, t in zip(preds, refs, strict=True)) / 2
     assert got["rouge1"] == pytest.approx(100 * want, abs=1e-9)

@@ -281,7 +281,7 @@ def run_benchmark(workloads: list[str] | None = None, data_dir: Path | None = No
                 spec = specs[name]
                 entry.update(model=spec["model_name"], data=spec["data"], hp=spec["hp"])
                 save()
-            from llmtune.train import native_bf16
+            from llmtune.hardware import native_bf16
 
             # llmtune's own fp32 side only where its recipes' `auto` picks bf16 (elsewhere it would repeat llmtune)
             ablate = {n for n in specs if n in AUTOCAST and native_bf16()}

@@ -1,59 +1,201 @@
-"""One module per task. Each provides the plain functions of `TaskModule`; the loop in train.py calls them.
+"""One module per task, reached through the `TaskModule` protocol below; the registry `MODULES` names them.
 
-No implementation inheritance: two tasks that preprocess differently keep two small functions.
+To add a task: write `llmtune/tasks/<name>.py` with the members of `TaskModule` (plain module-level constants and
+functions: no base class, no implementation inheritance; two tasks that preprocess differently keep two small
+functions), add one line to `MODULES`, add recipes and tests. Nothing outside `tasks/` branches on a task's name:
+the training loop (train.py), `llmtune eval`/`predict`/`generate`/`validate` and the run loader (runs.py) only call
+what the protocol declares. Read one existing task (classification.py is the shortest) beside this file.
+
+The flow, in the order the loop calls it:
+
+    recipe = recipe.load_recipe(...)       # parsed into the task's OPTIONS classes, then check_recipe(recipe)
+    splits = data.load_splits(...)         # validate(recipe, split) on every split
+    info = setup(recipe, splits, tokenizer)                # facts from the data: label names, prompt format...
+    ds = tokenize(recipe, tokenizer, split, info)          # a datasets.Dataset of model inputs
+    model = load_model(recipe, tokenizer, info)            # wrapped in LoRA by the task where it supports it
+    loader = ...collator(recipe, tokenizer, model)...      # the loop owns samplers and loaders (batching.py)
+    loss = loss(model, batch)                              # optional hook; default model(**batch).loss
+    outputs = eval_step(model, batch) per eval batch       # the loop gathers, de-duplicates, restores row order
+    metrics, records = score(ctx, outputs)                 # unprefixed metrics + one record per eval row
+    info.to_json() -> llmtune_info.json                    # and back: Info.from_json, load_trained, predict
+
+This module imports no heavy library and no task module at import time: `get(name)` imports one on demand.
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
-from llmtune.data import Split
-from llmtune.recipe import Recipe
+if TYPE_CHECKING:
+    from llmtune.data import Split
+    from llmtune.schema import Recipe
 
+#: task name -> module. One module may serve several tasks (seq2seq: summarization and translation).
 MODULES = {
     "classification": "llmtune.tasks.classification",
     "summarization": "llmtune.tasks.seq2seq",
     "translation": "llmtune.tasks.seq2seq",
     "causal_lm": "llmtune.tasks.causal_lm",
+    "token_classification": "llmtune.tasks.token_classification",
+    "question_answering": "llmtune.tasks.question_answering",
 }
+TASKS = tuple(MODULES)
+#: the task of a recipe that names none
+DEFAULT_TASK = "classification"
 
 
 @dataclass
 class EvalContext:
-    """What a task's evaluate() gets: a prepared model and a length-sorted eval loader with an `idx` column."""
+    """What a task's score() gets: the prepared model, the eval loader (length-sorted, with an `idx` column),
+    the run's pieces, and the raw rows of the split (for prediction records, in the split's order)."""
 
     model: Any
     loader: Any
     accelerator: Any
     recipe: Recipe
     tokenizer: Any
-    info: dict[str, Any]
-    split: Split  # the raw rows, for prediction records
+    info: Any
+    split: Split
+
+
+@dataclass
+class PromptSpec:
+    """How a decoder is prompted for this task in zero/few-shot baselines (`llmtune eval --shots`)."""
+
+    input_header: str  # "Text", "Document", "Instruction"...
+    output_header: str  # "Label", "Summary", "Response"...
+    instruction: str  # the task line that opens the prompt
+    metrics: list[str]  # how generated answers are scored when there are no choices
+
+
+class LoadedRun:
+    """A run folder (or a plain model folder) ready for use: what runs.load_run returns. The weights load on
+    first use of `model` or `tokenizer`, so a command checks its other inputs before paying for them."""
+
+    def __init__(self, path: Path, task: str, recipe: Recipe | None, info: Any, adapter: bool,
+                 load: Callable[[], tuple[Any, Any]]) -> None:
+        self.path = path
+        self.task = task
+        self.recipe = recipe  # the run's resolved recipe.yaml (None for a folder llmtune did not write)
+        self.info = info  # the task's Info
+        self.adapter = adapter  # a PEFT adapter on a base rebuilt from the recipe (or adapter_config.json)
+        self._load = load
+        self._parts: tuple[Any, Any] | None = None
+
+    def _loaded(self) -> tuple[Any, Any]:
+        if self._parts is None:
+            self._parts = self._load()
+        return self._parts
+
+    @property
+    def model(self) -> Any:
+        """The model, in eval mode."""
+        return self._loaded()[0]
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._loaded()[1]
 
 
 class TaskModule(Protocol):
-    #: eval metric (without the eval_ prefix) that picks the best checkpoint, and its direction
+    """What a task module provides. Constants first, then functions in the order the loop calls them."""
+
+    #: the transformers Auto class the task trains (`AutoModelForTokenClassification`...), for messages and docs
+    MODEL_CLASS: str
+    #: peft.TaskType name for LoRA adapters ("CAUSAL_LM", "SEQ_CLS"...), or None: `lora.*` is refused
+    PEFT_TASK_TYPE: str | None
+    #: whether LoRA is on when the recipe leaves `lora.enabled` unset
+    LORA_DEFAULT: bool
+    #: whether eval generates text when the recipe leaves `eval.generate` unset
+    GENERATE_DEFAULT: bool
+    #: whether eval runs once before training when `eval.before_training` is unset (the base model's numbers)
+    EVAL_BEFORE_TRAINING: bool
+    #: eval metric (without `eval_`) that picks the best checkpoint, and its direction
     DEFAULT_METRIC: str
     GREATER_IS_BETTER: bool
+    #: the eval loss is a mean token negative log-likelihood (so exp(loss) is a perplexity)
+    TOKEN_LEVEL_LOSS: bool
+    #: a decoder that continues free text: `llmtune generate` and `--shots` prompting accept it
+    DECODER_ONLY: bool
+    #: the task's own recipe keys: section name -> dataclass. A shared section ("data", "train", "eval") maps to
+    #: a subclass of its class in schema.py (keys stay under that section); any other name adds a section.
+    OPTIONS: dict[str, type]
+
+    def check_recipe(self, recipe: Recipe) -> None:
+        """Combinations of the task's recipe keys that no single field's type rules out; raise LlmtuneError
+        naming the key. Called once the recipe is parsed, before any data or model is read."""
+
+    def recognizes(self, config: dict[str, Any]) -> bool:
+        """Whether a model folder's config.json (a folder without llmtune_info.json) is this task's model."""
 
     def validate(self, recipe: Recipe, split: Split) -> None:
-        """Raise LlmtuneError naming the file, column and row of the first bad row."""
+        """Raise LlmtuneError naming the file, column and row of the first bad row of `split`."""
 
-    def setup(self, recipe: Recipe, splits: dict[str, Split], tokenizer: Any) -> dict[str, Any]:
-        """Facts derived from the data that the model and the run folder need (label names...)."""
+    def setup(self, recipe: Recipe, splits: dict[str, Split], tokenizer: Any) -> Any:
+        """The task's `Info` (a dataclass with to_json()/from_json()): facts derived from the data that the model
+        and the run folder need. `tokenizer` is None under `llmtune validate` when it cannot be loaded."""
 
-    def tokenize(self, recipe: Recipe, tokenizer: Any, split: Split, info: dict[str, Any]) -> Any:
-        """The split as a datasets.Dataset of model inputs (cached by datasets.map)."""
+    def tokenize(self, recipe: Recipe, tokenizer: Any, split: Split, info: Any) -> Any:
+        """The split as a datasets.Dataset of model inputs (with `input_ids`; cached by datasets.map). Eval
+        splits keep one row per raw row unless score() maps several back (QA windows)."""
 
-    def load_model(self, recipe: Recipe, tokenizer: Any, info: dict[str, Any]) -> Any: ...
+    def load_model(self, recipe: Recipe, tokenizer: Any, info: Any) -> Any:
+        """The model to train (from recipe.model), wrapped in LoRA when recipe.lora_enabled."""
 
-    def collator(self, recipe: Recipe, tokenizer: Any, model: Any) -> Any: ...
+    def collator(self, recipe: Recipe, tokenizer: Any, model: Any) -> Callable[[list[dict[str, Any]]], Any]:
+        """Features -> a batch of tensors. Eval features carry `idx`; the batch must carry it through."""
 
-    def evaluate(self, ctx: EvalContext) -> tuple[dict[str, float], list[dict[str, Any]]]:
-        """Metrics (unprefixed) and one prediction record per eval row, in the split's order."""
+    def eval_step(self, model: Any, batch: dict[str, Any]) -> dict[str, Any]:
+        """Per-row tensors for one eval batch (its `idx` already removed): first dimension = rows. Tensors of
+        two or more dimensions are padded with -100 along dimension 1 to gather them. Return {} when the batch
+        has nothing to score (no labels)."""
+
+    def score(self, ctx: EvalContext, outputs: dict[str, Any]) -> tuple[dict[str, float], list[dict[str, Any]]]:
+        """Metrics (unprefixed; the loop adds `eval_`) and one prediction record per eval row, in the split's
+        order. `outputs` holds eval_step's tensors of every row once, in row order (empty when there were none).
+        May generate (ctx.accelerator shards it); every process must return the same metrics."""
+
+    def load_trained(self, path: Path, recipe: Recipe | None, info: Any) -> tuple[Any, Any]:
+        """(model, tokenizer) of a finished run or model folder, for predict/eval/generate/merge."""
+
+    def predict(self, run: LoadedRun, rows: list[dict[str, Any]], batch_size: int,
+                field: str | None, pair_field: str | None) -> list[dict[str, Any]]:
+        """`llmtune predict`: one output record per input row (rows from inputs.read_rows: a .txt line is
+        {"text": line}); `field`/`pair_field` name the input fields when the user gives them."""
+
+    def prompt_spec(self, recipe: Recipe) -> PromptSpec:
+        """Headers, task line and default metrics for zero/few-shot prompting of a decoder."""
+
+    def prompt_fields(self, recipe: Recipe, row: dict[str, Any]) -> tuple[str, str | list[str]]:
+        """(input text, target) of a raw row for prompting: a class name, or the list of reference texts."""
+
+    def prompt_choices(self, recipe: Recipe, splits: dict[str, Split]) -> list[str] | None:
+        """The answers to score by likelihood (class names), or None: the decoder generates its answer."""
+
+    # Optional hook, read with getattr: `loss(model, batch) -> Tensor`, the training objective. Without it the
+    # loop uses model(**batch).loss. Contrastive or preference objectives define it.
 
 
 def get(task: str) -> TaskModule:
+    """The module of `task` (imported on first use). The recipe parser has checked the name already."""
     return importlib.import_module(MODULES[task])  # type: ignore[return-value]
+
+
+def default_loss(model: Any, batch: dict[str, Any]) -> Any:
+    return model(**batch).loss
+
+
+def loss_fn(task: TaskModule) -> Callable[[Any, dict[str, Any]], Any]:
+    return getattr(task, "loss", default_loss)
+
+
+def recognize(config: dict[str, Any]) -> str | None:
+    """The task whose model a config.json describes (the first in registry order that recognizes it)."""
+    for name in TASKS:
+        if get(name).recognizes(config):
+            return name
+    return None

@@ -9,17 +9,70 @@ also makes packing exact: in a packed row it would be "predicted" from the previ
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 from llmtune.data import Split, as_text, check_text_column, require_column
 from llmtune.errors import LlmtuneError
-from llmtune.recipe import Recipe
-from llmtune.tasks import EvalContext
+from llmtune.schema import DataArgs
+from llmtune.tasks import EvalContext, LoadedRun, PromptSpec
 
-DEFAULT_METRIC = "loss"
-GREATER_IS_BETTER = False
+if TYPE_CHECKING:
+    from llmtune.schema import GenerationArgs, Recipe
+
+MODEL_CLASS = "AutoModelForCausalLM"
+PEFT_TASK_TYPE = "CAUSAL_LM"
+LORA_DEFAULT = True  # LoRA adapters unless lora.enabled=false
+GENERATE_DEFAULT = False  # eval loss by default; eval.generate=true also generates and scores the answers
 #: the base model's eval loss is the yardstick of a fine-tune: the loop may evaluate once before step 1
 EVAL_BEFORE_TRAINING = True
+DEFAULT_METRIC = "loss"
+GREATER_IS_BETTER = False
+TOKEN_LEVEL_LOSS = True
+DECODER_ONLY = True
+
+
+@dataclass
+class Data(DataArgs):
+    format: Literal["text", "instruction", "chat"] = "instruction"
+    text_column: str = "text"
+    prompt_column: str = "instruction"
+    input_column: str | None = "input"
+    completion_column: str = "output"
+    messages_column: str = "messages"
+    template: str | None = None
+    train_on_prompt: bool = False
+    packing: bool = False
+
+
+OPTIONS: dict[str, type] = {"data": Data}
+
+
+@dataclass
+class Info:
+    """The data format, the base model's name and how prompts are laid out (chat template, alpaca or text), so
+    generation from the run renders prompts the way training did."""
+
+    format: str = "instruction"
+    base_model: str | None = None
+    prompt_format: str | None = None  # None under `llmtune validate` (no tokenizer)
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Info:
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+def check_recipe(recipe: Recipe) -> None:
+    resolve_template(recipe.data.template)  # a misspelt built-in name fails here, before any data is read
+
+
+def recognizes(config: dict[str, Any]) -> bool:
+    """Any decoder: the registry asks this task last, for folders no other task claims."""
+    return not config.get("is_encoder_decoder")
 
 IGNORE = -100
 ROLES = ("system", "user", "assistant", "tool")
@@ -247,7 +300,7 @@ def prompt_format_for(recipe: Recipe, tokenizer: Any) -> str:
     return "chat" if has_template else "alpaca"
 
 
-def setup(recipe: Recipe, splits: dict[str, Split], tokenizer: Any) -> dict[str, Any]:
+def setup(recipe: Recipe, splits: dict[str, Split], tokenizer: Any) -> Info:
     from llmtune.lora import check_qlora
 
     d = recipe.data
@@ -257,13 +310,13 @@ def setup(recipe: Recipe, splits: dict[str, Split], tokenizer: Any) -> dict[str,
     if d.format == "text" and recipe.generate_in_eval:
         raise LlmtuneError(f"{recipe.source}: eval.generate=true needs prompts and references "
                            "(data.format instruction or chat), not data.format=text")
-    info: dict[str, Any] = {"format": d.format, "base_model": recipe.model.name}
-    if tokenizer is None:  # `llmtune validate`: no tokenizer loaded
+    info = Info(format=d.format, base_model=recipe.model.name)
+    if tokenizer is None:  # `llmtune validate` could not load the tokenizer
         return info
     if template is not None:
         # the run folder's tokenizer keeps the template, so generation renders prompts the way training did
         tokenizer.chat_template = template
-    info["prompt_format"] = prompt_format_for(recipe, tokenizer)
+    info.prompt_format = prompt_format_for(recipe, tokenizer)
     return info
 
 
@@ -299,7 +352,7 @@ def _has_target(row: dict[str, Any]) -> bool:
     return any(label != IGNORE for label in row["labels"])
 
 
-def tokenize(recipe: Recipe, tokenizer: Any, split: Split, info: dict[str, Any]) -> Any:
+def tokenize(recipe: Recipe, tokenizer: Any, split: Split, info: Info) -> Any:
     import logging
 
     d = recipe.data
@@ -308,7 +361,7 @@ def tokenize(recipe: Recipe, tokenizer: Any, split: Split, info: dict[str, Any])
         _encode,
         batched=True,
         remove_columns=ds.column_names,
-        fn_kwargs={"tokenizer": tokenizer, "fmt": d.format, "prompt_format": info.get("prompt_format", "text"),
+        fn_kwargs={"tokenizer": tokenizer, "fmt": d.format, "prompt_format": info.prompt_format or "text",
                    "text": d.text_column, "prompt": d.prompt_column, "input_col": _input_column(recipe, split),
                    "completion": d.completion_column, "messages": d.messages_column,
                    "max_length": recipe.train.max_seq_length, "train_on_prompt": d.train_on_prompt,
@@ -329,7 +382,7 @@ def tokenize(recipe: Recipe, tokenizer: Any, split: Split, info: dict[str, Any])
     return ds
 
 
-def load_model(recipe: Recipe, tokenizer: Any, info: dict[str, Any]) -> Any:
+def load_model(recipe: Recipe, tokenizer: Any, info: Info) -> Any:
     from llmtune import lora
     from llmtune.models import resolve
 
@@ -343,7 +396,7 @@ def load_model(recipe: Recipe, tokenizer: Any, info: dict[str, Any]) -> Any:
     if model.generation_config is not None and model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     if recipe.lora_enabled:
-        model = lora.wrap(model, recipe, resolved)
+        model = lora.wrap(model, recipe, PEFT_TASK_TYPE, resolved)
     return model
 
 
@@ -463,35 +516,14 @@ def _eval_prompts(recipe: Recipe, tokenizer: Any, split: Split, prompt_format: s
     return prompts, refs, shown
 
 
-def _dedup(idx: Any) -> Any:
-    """Order by row, each row once (the last eval batch is padded with repeats across processes)."""
-    import torch
-
-    order = idx.argsort(stable=True)
-    keep = torch.ones_like(order, dtype=torch.bool)
-    keep[1:] = idx[order][1:] != idx[order][:-1]
-    return order[keep]
+def eval_step(model: Any, batch: dict[str, Any]) -> dict[str, Any]:
+    labels = batch.pop("labels")
+    sums, counts = example_losses(model, batch, labels)
+    return {"sums": sums, "counts": counts}
 
 
-def evaluate(ctx: EvalContext) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    import torch
-
-    acc = ctx.accelerator
-    model = ctx.model
-    was_training = model.training
-    model.eval()
-    idxs, sums, counts = [], [], []
-    with torch.no_grad():
-        for batch in ctx.loader:
-            idx = batch.pop("idx")
-            labels = batch.pop("labels")
-            s, c = example_losses(model, batch, labels)
-            idx, s, c = acc.gather_for_metrics((idx, s, c))
-            idxs.append(idx.cpu())
-            sums.append(s.cpu())
-            counts.append(c.cpu())
-    order = _dedup(torch.cat(idxs))
-    sums_t, counts_t = torch.cat(sums)[order], torch.cat(counts)[order]
+def score(ctx: EvalContext, outputs: dict[str, Any]) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    sums_t, counts_t = outputs["sums"], outputs["counts"]
     n_tokens = int(counts_t.sum())
     # exact token-weighted mean over the whole split: every target token counts once, whatever the batching
     loss = float(sums_t.sum() / max(n_tokens, 1))
@@ -502,36 +534,110 @@ def evaluate(ctx: EvalContext) -> tuple[dict[str, float], list[dict[str, Any]]]:
     per_row = [float(s / c) if c > 0 else None for s, c in zip(sums_t.tolist(), counts_t.tolist(), strict=True)]
     if d.format == "text":
         records = [{"text": as_text(t), "loss": x} for t, x in zip(rows[d.text_column], per_row, strict=True)]
-    else:
-        prompt_format = ctx.info.get("prompt_format", "chat")
-        prompts, refs, shown = _eval_prompts(ctx.recipe, ctx.tokenizer, ctx.split, prompt_format)
-        records = [{**s, "reference": r, "loss": x} for s, r, x in zip(shown, refs, per_row, strict=True)]
-        if ctx.recipe.generate_in_eval:
-            from llmtune import metrics as metrics_mod
-            from llmtune.generate import generate_texts
+        return metrics, records
+    prompt_format = ctx.info.prompt_format or "chat"
+    prompts, refs, shown = _eval_prompts(ctx.recipe, ctx.tokenizer, ctx.split, prompt_format)
+    records = [{**s, "reference": r, "loss": x} for s, r, x in zip(shown, refs, per_row, strict=True)]
+    if ctx.recipe.generate_in_eval:
+        from llmtune import metrics as metrics_mod
+        from llmtune.generate import generate_texts
 
-            preds = generate_texts(
-                acc.unwrap_model(model), ctx.tokenizer, prompts, ctx.recipe.generation,
-                batch_size=ctx.recipe.train.per_device_eval_batch_size,
-                max_input_length=ctx.recipe.train.max_seq_length, decoder_only=True, accelerator=acc,
-                add_special_tokens=adds_special_tokens(prompt_format))
-            for name in ctx.recipe.eval.metrics or DEFAULT_GEN_METRICS:
-                try:
-                    metrics.update(metrics_mod.compute(name, preds, refs))
-                except ValueError as e:
-                    raise LlmtuneError(f"eval.metrics: {e}") from e
-            for rec, p in zip(records, preds, strict=True):
-                rec["prediction"] = p
-    if was_training:
-        model.train()
+        preds = generate_texts(
+            ctx.accelerator.unwrap_model(ctx.model), ctx.tokenizer, prompts, ctx.recipe.generation,
+            batch_size=ctx.recipe.train.per_device_eval_batch_size,
+            max_input_length=ctx.recipe.train.max_seq_length, decoder_only=True, accelerator=ctx.accelerator,
+            add_special_tokens=adds_special_tokens(prompt_format))
+        for name in ctx.recipe.eval.metrics or DEFAULT_GEN_METRICS:
+            try:
+                metrics.update(metrics_mod.compute(name, preds, refs))
+            except ValueError as e:
+                raise LlmtuneError(f"eval.metrics: {e}") from e
+        for rec, p in zip(records, preds, strict=True):
+            rec["prediction"] = p
     return metrics, records
 
 
-def predict_run(run_dir: Any, recipe: Recipe | None, texts: list[str], batch_size: int) -> list[dict[str, Any]]:
+# ---- a finished run ----------------------------------------------------------------------------------------
+
+
+def load_trained(path: Path, recipe: Recipe | None, info: Info | None) -> tuple[Any, Any]:
+    """Base + adapter for a LoRA run (the base rebuilt from the run's recipe), else the saved model."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llmtune import lora
+
+    if lora.is_adapter_dir(path):
+        model = lora.load_adapter(path, recipe, lora.load_base)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype="auto")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError):
+        from llmtune.models import load_tokenizer
+
+        tokenizer = load_tokenizer(lora.base_args(path, recipe))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
+    return model, tokenizer
+
+
+def render_prompts(tokenizer: Any, prompt_format: str, prompts: list[tuple[str, str | None]], raw: bool = False,
+                   system: str | None = None) -> tuple[list[str], bool]:
+    """The texts given to the model for (instruction, input) pairs, and whether the tokenizer adds its special
+    tokens (BOS): `raw` gives the prompt as it is, without the chat template."""
+    if raw:
+        return [user_content(a, b) for a, b in prompts], True
+    return [generation_prompt(tokenizer, prompt_format, a, b, system) for a, b in prompts], \
+        adds_special_tokens(prompt_format)
+
+
+def run_prompt_format(run: LoadedRun) -> str:
+    fmt = run.info.prompt_format if run.info is not None else None
+    return fmt or ("chat" if getattr(run.tokenizer, "chat_template", None) else "text")
+
+
+def generate_for(model: Any, tokenizer: Any, prompt_format: str, prompts: list[tuple[str, str | None]],
+                 g: GenerationArgs, batch_size: int, max_input_length: int, raw: bool = False,
+                 system: str | None = None) -> list[str]:
+    """Batched generation for (instruction, input) prompts rendered the way the model was trained."""
+    from llmtune.generate import generate_texts
+
+    texts, special = render_prompts(tokenizer, prompt_format, prompts, raw=raw, system=system)
+    return generate_texts(model, tokenizer, texts, g, batch_size=batch_size, max_input_length=max_input_length,
+                          decoder_only=True, add_special_tokens=special)
+
+
+def predict(run: LoadedRun, rows: list[dict[str, Any]], batch_size: int, field: str | None,
+            pair_field: str | None) -> list[dict[str, Any]]:
     """`llmtune predict` on a causal_lm run: one generation per input text."""
-    from pathlib import Path
+    from llmtune.inputs import column
+    from llmtune.schema import GenerationArgs
 
-    from llmtune.generate_cmd import generate_rows
+    texts = column(rows, field or "text", ())
+    g = run.recipe.generation if run.recipe is not None else GenerationArgs()
+    max_in = run.recipe.train.max_seq_length if run.recipe is not None else 1024
+    outs = generate_for(run.model, run.tokenizer, run_prompt_format(run), [(t, None) for t in texts], g, batch_size,
+                        max_in)
+    return [{"prompt": t, "generation": o} for t, o in zip(texts, outs, strict=True)]
 
-    g = recipe.generation if recipe is not None else None
-    return generate_rows(str(Path(run_dir)), [(t, None) for t in texts], g=g, batch_size=batch_size)
+
+# ---- zero/few-shot prompting of a decoder ------------------------------------------------------------------
+
+
+def prompt_spec(recipe: Recipe) -> PromptSpec:
+    return PromptSpec("Instruction", "Response", "Answer each instruction.", ["rouge", "exact_match"])
+
+
+def prompt_fields(recipe: Recipe, row: dict[str, Any]) -> tuple[str, list[str]]:
+    d = recipe.data
+    if d.format != "instruction":
+        raise LlmtuneError(f"--shots: prompting baselines support instruction data, not data.format={d.format}")
+    text = str(row[d.prompt_column])
+    extra = row.get(d.input_column) if d.input_column else None
+    if extra:
+        text += "\n" + str(extra)
+    return text, [str(row[d.completion_column])]
+
+
+def prompt_choices(recipe: Recipe, splits: dict[str, Split]) -> None:
+    return None

@@ -3,15 +3,65 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from llmtune.data import Split, as_text, check_text_column, require_column
 from llmtune.errors import LlmtuneError
-from llmtune.recipe import Recipe
-from llmtune.tasks import EvalContext
+from llmtune.schema import DataArgs
+from llmtune.tasks import EvalContext, LoadedRun, PromptSpec
 
+if TYPE_CHECKING:
+    from llmtune.schema import Recipe
+
+MODEL_CLASS = "AutoModelForSequenceClassification"
+PEFT_TASK_TYPE = None  # full fine-tuning only: lora.enabled is refused
+LORA_DEFAULT = False
+GENERATE_DEFAULT = False
+EVAL_BEFORE_TRAINING = False
 DEFAULT_METRIC = "accuracy"
 GREATER_IS_BETTER = True
+TOKEN_LEVEL_LOSS = False  # cross-entropy per example, not per token
+DECODER_ONLY = False
+
+
+@dataclass
+class Data(DataArgs):
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    label_column: str = "label"
+    label_names: list[str] | None = None
+
+
+OPTIONS: dict[str, type] = {"data": Data}
+
+
+@dataclass
+class Info:
+    """The classes, in the order of the head's outputs (written to llmtune_info.json and config.json's id2label).
+    `label_values` (labels inferred from the data: their sorted distinct values) maps raw cells to class ids while
+    training; it is not saved: a saved run maps by name."""
+
+    label_names: list[str]
+    label_values: list[Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"label_names": list(self.label_names)}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Info:
+        return cls(label_names=[str(x) for x in d["label_names"]])
+
+
+def check_recipe(recipe: Recipe) -> None:
+    d = recipe.data
+    if d.label_names is not None and len(set(d.label_names)) != len(d.label_names):
+        raise LlmtuneError(f"{recipe.source}: data.label_names has duplicates: {d.label_names}")
+
+
+def recognizes(config: dict[str, Any]) -> bool:
+    return "SequenceClassification" in " ".join(config.get("architectures") or [])
 
 
 def _label_value(value: Any) -> int | str | None:
@@ -29,9 +79,9 @@ def _label_value(value: Any) -> int | str | None:
     return None
 
 
-def _label_id(value: int | str, info: dict[str, Any]) -> int | None:
-    names: list[str] = info["label_names"]
-    values: list[Any] | None = info.get("label_values")
+def _label_id(value: int | str, info: Info) -> int | None:
+    names = info.label_names
+    values = info.label_values
     if values is not None:  # labels inferred from the data: the sorted distinct values
         return values.index(value) if value in values else None
     if isinstance(value, int):
@@ -47,7 +97,7 @@ def validate(recipe: Recipe, split: Split) -> None:
     if split.name == "test" and d.label_column not in split.dataset.column_names:
         return  # an unlabelled test split can still be predicted
     require_column(split, d.label_column, "data.label_column")
-    given = {"label_names": d.label_names} if d.label_names else None
+    given = Info(list(d.label_names)) if d.label_names else None
     kinds = set()
     for i, raw in enumerate(split.dataset[d.label_column]):
         value = _label_value(raw)
@@ -63,31 +113,29 @@ def validate(recipe: Recipe, split: Split) -> None:
         raise LlmtuneError(f"{split.origin}: column '{d.label_column}' mixes integer and text labels")
 
 
-def setup(recipe: Recipe, splits: dict[str, Split], tokenizer: Any) -> dict[str, Any]:
+def setup(recipe: Recipe, splits: dict[str, Split], tokenizer: Any) -> Info:
     d = recipe.data
     if d.label_names:
-        if len(set(d.label_names)) != len(d.label_names):
-            raise LlmtuneError(f"{recipe.source}: data.label_names has duplicates: {d.label_names}")
-        return {"label_names": list(d.label_names)}
+        return Info(list(d.label_names))
     values = sorted({_label_value(v) for v in splits["train"].dataset[d.label_column]}, key=lambda v: (str(type(v)), v))
     if len(values) < 2:
         raise LlmtuneError(f"{splits['train'].origin}: the training data has only one class ({values}); "
                            "classification needs at least two")
-    info: dict[str, Any] = {"label_names": [str(v) for v in values], "label_values": values}
+    info = Info([str(v) for v in values], values)
     if all(isinstance(v, int) for v in values) and values == list(range(len(values))):
-        info.pop("label_values")  # plain 0..K-1 ids
+        info.label_values = None  # plain 0..K-1 ids
     for name in ("eval",):
         if name not in splits:
             continue
         for i, raw in enumerate(splits[name].dataset[d.label_column]):
             if _label_id(_label_value(raw), info) is None:  # type: ignore[arg-type]
                 raise LlmtuneError(f"{splits[name].origin}: row {i + 1}: label {raw!r} never occurs in the training "
-                                   f"data (classes: {info['label_names']}); set data.label_names to list every class")
+                                   f"data (classes: {info.label_names}); set data.label_names to list every class")
     return info
 
 
 def _encode(batch: dict[str, list[Any]], tokenizer: Any, text: str, pair: str | None, label: str | None,
-            max_length: int, info: dict[str, Any]) -> dict[str, Any]:
+            max_length: int, info: Info) -> dict[str, Any]:
     first = [as_text(v) for v in batch[text]]
     second = [as_text(v) for v in batch[pair]] if pair else None
     enc = tokenizer(first, second, truncation=True, max_length=max_length)
@@ -96,7 +144,7 @@ def _encode(batch: dict[str, list[Any]], tokenizer: Any, text: str, pair: str | 
     return enc
 
 
-def tokenize(recipe: Recipe, tokenizer: Any, split: Split, info: dict[str, Any]) -> Any:
+def tokenize(recipe: Recipe, tokenizer: Any, split: Split, info: Info) -> Any:
     d = recipe.data
     ds = split.dataset
     label = d.label_column if d.label_column in ds.column_names else None
@@ -110,12 +158,12 @@ def tokenize(recipe: Recipe, tokenizer: Any, split: Split, info: dict[str, Any])
     )
 
 
-def load_model(recipe: Recipe, tokenizer: Any, info: dict[str, Any]) -> Any:
+def load_model(recipe: Recipe, tokenizer: Any, info: Info) -> Any:
     from transformers import AutoModelForSequenceClassification
 
     from llmtune.models import load_model as load
 
-    names = info["label_names"]
+    names = info.label_names
     model = load(
         AutoModelForSequenceClassification,
         recipe.model,
@@ -135,38 +183,25 @@ def collator(recipe: Recipe, tokenizer: Any, model: Any) -> Any:
     return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=None)
 
 
-def evaluate(ctx: EvalContext) -> tuple[dict[str, float], list[dict[str, Any]]]:
+def eval_step(model: Any, batch: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    labels = batch.pop("labels", None)
+    logits = model(**batch).logits.float()
+    if labels is None:
+        labels = torch.full((logits.shape[0],), -1, device=logits.device, dtype=torch.long)
+    return {"logits": logits, "labels": labels}
+
+
+def score(ctx: EvalContext, outputs: dict[str, Any]) -> tuple[dict[str, float], list[dict[str, Any]]]:
     import torch
 
     from llmtune.metrics import classification_metrics
 
-    acc = ctx.accelerator
-    model = ctx.model
-    model.eval()
-    idxs, logits_all, labels_all = [], [], []
-    with torch.no_grad():
-        for batch in ctx.loader:
-            idx = batch.pop("idx")
-            labels = batch.pop("labels", None)
-            logits = model(**batch).logits.float()
-            if labels is None:
-                labels = torch.full((logits.shape[0],), -1, device=logits.device, dtype=torch.long)
-            idx, logits, labels = acc.gather_for_metrics((idx, logits, labels))
-            idxs.append(idx.cpu())
-            logits_all.append(logits.cpu())
-            labels_all.append(labels.cpu())
-    model.train()
-    idx_t = torch.cat(idxs)
-    # sort by row and keep each row once, whatever padding the last batch got across processes
-    order = idx_t.argsort(stable=True)
-    keep = torch.ones_like(order, dtype=torch.bool)
-    keep[1:] = idx_t[order][1:] != idx_t[order][:-1]
-    order = order[keep]
-    logits_t = torch.cat(logits_all)[order]
-    labels_t = torch.cat(labels_all)[order]
+    logits_t, labels_t = outputs["logits"], outputs["labels"]
     probs = logits_t.softmax(-1)
     preds = probs.argmax(-1)
-    names = ctx.info["label_names"]
+    names = ctx.info.label_names
     metrics: dict[str, float] = {}
     if bool((labels_t >= 0).all()):
         metrics["loss"] = float(torch.nn.functional.cross_entropy(logits_t, labels_t))
@@ -188,8 +223,37 @@ def evaluate(ctx: EvalContext) -> tuple[dict[str, float], list[dict[str, Any]]]:
     return metrics, records
 
 
-def predict(model: Any, tokenizer: Any, texts: list[str], pairs: list[str] | None, max_length: int,
-            batch_size: int = 32) -> list[dict[str, Any]]:
+# ---- a finished run -----------------------------------------------------------------------------------------
+
+
+def load_trained(path: Path, recipe: Recipe | None, info: Info | None) -> tuple[Any, Any]:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    return AutoModelForSequenceClassification.from_pretrained(str(path)), AutoTokenizer.from_pretrained(str(path))
+
+
+def info_from_config(config: dict[str, Any], where: str) -> Info:
+    """The classes of a model folder that llmtune did not write, from its config's id2label."""
+    id2label = config.get("id2label")
+    if not id2label or not recognizes(config):
+        raise LlmtuneError(f"{where}: not a fine-tuned classifier (no classification head); for an untuned decoder "
+                           "use --shots to prompt it")
+    return Info([id2label[str(i)] for i in range(len(id2label))])
+
+
+def predict(run: LoadedRun, rows: list[dict[str, Any]], batch_size: int, field: str | None,
+            pair_field: str | None) -> list[dict[str, Any]]:
+    """`llmtune predict`: a label with probabilities per input text (or text pair)."""
+    from llmtune.inputs import column
+
+    texts = column(rows, field or "text", ())
+    pairs = column(rows, pair_field, ()) if pair_field else None
+    max_len = run.recipe.train.max_seq_length if run.recipe is not None else 512
+    return predict_texts(run.model, run.tokenizer, texts, pairs, max_len, batch_size)
+
+
+def predict_texts(model: Any, tokenizer: Any, texts: list[str], pairs: list[str] | None, max_length: int,
+                  batch_size: int = 32) -> list[dict[str, Any]]:
     """Labels with probabilities for new texts, batched longest-first so padding stays small."""
     import torch
 
@@ -209,3 +273,34 @@ def predict(model: Any, tokenizer: Any, texts: list[str], pairs: list[str] | Non
                 if pairs:
                     out[i]["text_pair"] = pairs[i]
     return out
+
+
+# ---- zero/few-shot prompting of a decoder ------------------------------------------------------------------
+
+
+def label_text(recipe: Recipe, value: Any) -> str:
+    """A label cell as the word a decoder is asked to say: integer ids become their data.label_names entry."""
+    value = str(value)
+    names = recipe.data.label_names
+    if names and value.lstrip("-").isdigit() and 0 <= int(value) < len(names):
+        return names[int(value)]
+    return value
+
+
+def prompt_choices(recipe: Recipe, splits: dict[str, Split]) -> list[str]:
+    d = recipe.data
+    labels = list(d.label_names) if d.label_names else sorted(
+        {str(v) for s in splits.values() if d.label_column in s.dataset.column_names for v in s.dataset[d.label_column]})
+    return [label_text(recipe, lab) for lab in labels]
+
+
+def prompt_spec(recipe: Recipe) -> PromptSpec:
+    return PromptSpec("Text", "Label", "Classify each text as one of: {choices}.", ["accuracy", "f1"])
+
+
+def prompt_fields(recipe: Recipe, row: dict[str, Any]) -> tuple[str, str]:
+    d = recipe.data
+    text = as_text(row[d.text_column]) or ""
+    if d.text_pair_column:
+        text += "\n" + (as_text(row[d.text_pair_column]) or "")
+    return text, label_text(recipe, row.get(d.label_column, ""))

@@ -16,22 +16,92 @@ written to the run's llmtune_info.json under `metric_signatures` (evaluate() ret
 
 from __future__ import annotations
 
-import json
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llmtune.data import Split, as_text, references_of, require_column
 from llmtune.errors import LlmtuneError
-from llmtune.recipe import Recipe
-from llmtune.tasks import EvalContext
+from llmtune.schema import DataArgs, TrainArgs
+from llmtune.tasks import EvalContext, LoadedRun, PromptSpec
+
+if TYPE_CHECKING:
+    from llmtune.schema import Recipe
 
 logger = logging.getLogger("llmtune")
 
+MODEL_CLASS = "AutoModelForSeq2SeqLM"
+PEFT_TASK_TYPE = None  # full fine-tuning only
+LORA_DEFAULT = False
+GENERATE_DEFAULT = True  # generate-then-score: the metrics users report are on generated text
+EVAL_BEFORE_TRAINING = False
 # The loop's default for picking the best checkpoint. One module serves two tasks whose main metrics differ
 # (rougeL, bleu), and eval loss exists for both; set train.metric_for_best_model=rougeL (or bleu) to use those.
 DEFAULT_METRIC = "loss"
 GREATER_IS_BETTER = False
+TOKEN_LEVEL_LOSS = True
+DECODER_ONLY = False
+
+
+@dataclass
+class Data(DataArgs):
+    source_column: str | None = None
+    target_column: str | None = None
+    source_prefix: str | None = None
+    source_lang: str | None = None
+    target_lang: str | None = None
+
+
+@dataclass
+class Train(TrainArgs):
+    max_source_length: int = 512
+    max_target_length: int = 128
+
+
+OPTIONS: dict[str, type] = {"data": Data, "train": Train}
+
+
+@dataclass
+class Info:
+    """Which cells hold source and target (`*_key`: a column of {lang: text} dicts), the prefix, the label
+    tokens to drop, and the metrics with their signatures (written to llmtune_info.json)."""
+
+    source_column: str | None = None
+    source_key: str | None = None
+    target_column: str | None = None
+    target_key: str | None = None
+    source_prefix: str = ""
+    model_type: str | None = None
+    label_drop_leading: list[int] = field(default_factory=list)
+    metrics: list[str] = field(default_factory=list)
+    metric_signatures: dict[str, str] = field(default_factory=dict)
+    source_lang: str | None = None
+    target_lang: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Info:
+        # unknown keys (`task`, keys of a later version) are skipped; missing ones take their defaults
+        info = cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+        info.source_prefix = info.source_prefix or ""
+        return info
+
+
+def check_recipe(recipe: Recipe) -> None:
+    d, t, s = recipe.data, recipe.train, recipe.source
+    for key in ("max_source_length", "max_target_length"):
+        if getattr(t, key) < 1:
+            raise LlmtuneError(f"{s}: train.{key} must be at least 1, got {getattr(t, key)}")
+    if recipe.task == "translation" and d.source_column is None and not (d.source_lang and d.target_lang):
+        raise LlmtuneError(f"{s}: translation needs data.source_lang and data.target_lang (or "
+                           "data.source_column/target_column)")
+
+
+def recognizes(config: dict[str, Any]) -> bool:
+    return bool(config.get("is_encoder_decoder"))
 
 DEFAULT_METRICS = {"summarization": ["rouge"], "translation": ["bleu", "chrf"]}
 TEXT_METRICS = ("rouge", "bleu", "chrf", "ter", "exact_match")
@@ -176,7 +246,7 @@ def metric_names(recipe: Recipe) -> list[str]:
     return list(names)
 
 
-def setup(recipe: Recipe, splits: dict[str, Split], tokenizer: Any) -> dict[str, Any]:
+def setup(recipe: Recipe, splits: dict[str, Split], tokenizer: Any) -> Info:
     from llmtune import metrics as metrics_mod
 
     eval_split = splits["eval"]
@@ -188,11 +258,11 @@ def setup(recipe: Recipe, splits: dict[str, Split], tokenizer: Any) -> dict[str,
     signatures = {name: metrics_mod.signature(name, refs) for name in names}
     for name, sig in signatures.items():
         logger.info("%s signature: %s", name, sig)
-    return {**f, "source_prefix": source_prefix(recipe, kind), "model_type": kind,
-            "label_drop_leading": leading_ids_to_drop(decoder_start(cfg.get("decoder_start_token_id"), tokenizer),
-                                                      tokenizer), "metrics": names,
-            "metric_signatures": signatures, "source_lang": recipe.data.source_lang,
-            "target_lang": recipe.data.target_lang}
+    drop = leading_ids_to_drop(decoder_start(cfg.get("decoder_start_token_id"), tokenizer), tokenizer) \
+        if tokenizer is not None else []
+    return Info(**f, source_prefix=source_prefix(recipe, kind), model_type=kind, label_drop_leading=drop,
+                metrics=names, metric_signatures=signatures, source_lang=recipe.data.source_lang,
+                target_lang=recipe.data.target_lang)
 
 
 # ---- tokenize, model, collator --------------------------------------------------------------------
@@ -214,18 +284,18 @@ def _encode(batch: dict[str, list[Any]], tokenizer: Any, source_column: str, sou
     return enc
 
 
-def tokenize(recipe: Recipe, tokenizer: Any, split: Split, info: dict[str, Any]) -> Any:
+def tokenize(recipe: Recipe, tokenizer: Any, split: Split, info: Info) -> Any:
     ds = split.dataset
-    target = info["target_column"] if info["target_column"] in ds.column_names else None
+    target = info.target_column if info.target_column in ds.column_names else None
     return ds.map(
         _encode,
         batched=True,
         remove_columns=ds.column_names,
-        fn_kwargs={"tokenizer": tokenizer, "source_column": info["source_column"], "source_key": info["source_key"],
-                   "target_column": target, "target_key": info["target_key"], "prefix": info["source_prefix"],
+        fn_kwargs={"tokenizer": tokenizer, "source_column": info.source_column, "source_key": info.source_key,
+                   "target_column": target, "target_key": info.target_key, "prefix": info.source_prefix,
                    "max_source_length": recipe.train.max_source_length,
                    "max_target_length": recipe.train.max_target_length,
-                   "drop_leading": info.get("label_drop_leading") or []},
+                   "drop_leading": info.label_drop_leading},
         desc=f"Tokenizing {split.name}",
     )
 
@@ -281,7 +351,7 @@ def bert2bert(path: str, decoder_layers: int = BERT2BERT_DECODER_LAYERS) -> Any:
     return model
 
 
-def load_model(recipe: Recipe, tokenizer: Any, info: dict[str, Any]) -> Any:
+def load_model(recipe: Recipe, tokenizer: Any, info: Info) -> Any:
     from transformers import AutoModelForSeq2SeqLM
 
     from llmtune.models import BERT2BERT_ALIAS, resolve
@@ -306,7 +376,7 @@ def collator(recipe: Recipe, tokenizer: Any, model: Any) -> Any:
 # ---- evaluation ----------------------------------------------------------------------------------
 
 
-def score(names: list[str], predictions: list[str], refs: list[list[str]]) -> dict[str, float]:
+def score_texts(names: list[str], predictions: list[str], refs: list[list[str]]) -> dict[str, float]:
     from llmtune import metrics as metrics_mod
 
     out: dict[str, float] = {}
@@ -341,60 +411,43 @@ def _label_nll(logits: Any, labels: Any) -> Any:
                       for s in range(0, labels.shape[0], LOSS_ROWS)])
 
 
-def _eval_loss(ctx: EvalContext) -> float | None:
-    """Token-weighted mean cross-entropy over all eval labels (each row once, however many processes)."""
-    import torch
-
-    acc, model = ctx.accelerator, ctx.model
-    nll_sum, tok_sum = 0.0, 0
-    model.eval()
-    try:
-        with torch.no_grad():
-            for batch in ctx.loader:
-                batch.pop("idx", None)
-                labels = batch.get("labels")
-                if labels is None:
-                    return None
-                if "decoder_input_ids" in batch:
-                    # the collator shifted the labels into decoder_input_ids; passed labels, the model would also
-                    # compute its own loss (another full-vocabulary log-softmax of the whole batch) for nothing
-                    del batch["labels"]
-                # no cache: nothing is decoded after this forward, and the cache would hold every layer's keys
-                # and values for the whole batch
-                logits = model(**batch, use_cache=False).logits
-                nll = _label_nll(logits, labels)
-                del logits  # before the next batch's forward, not after it
-                ntok = (labels != -100).sum(1)
-                # per row, so gather_for_metrics can drop the rows repeated to even out the last batch
-                nll, ntok = acc.gather_for_metrics((nll, ntok))
-                nll_sum += float(nll.double().sum())
-                tok_sum += int(ntok.sum())
-    finally:
-        model.train()
-    return nll_sum / max(tok_sum, 1)
+def eval_step(model: Any, batch: dict[str, Any]) -> dict[str, Any]:
+    """Per-row summed label cross-entropy and label counts (nothing for rows without targets)."""
+    labels = batch.get("labels")
+    if labels is None:
+        return {}
+    if "decoder_input_ids" in batch:
+        # the collator shifted the labels into decoder_input_ids; passed labels, the model would also compute its
+        # own loss (another full-vocabulary log-softmax of the whole batch) for nothing
+        del batch["labels"]
+    # no cache: nothing is decoded after this forward, and the cache would hold every layer's keys and values
+    logits = model(**batch, use_cache=False).logits
+    nll = _label_nll(logits, labels)
+    del logits  # before the next batch's forward, not after it
+    return {"nll": nll.double(), "ntok": (labels != -100).sum(1)}
 
 
-def evaluate(ctx: EvalContext) -> tuple[dict[str, float], list[dict[str, Any]]]:
+def score(ctx: EvalContext, outputs: dict[str, Any]) -> tuple[dict[str, float], list[dict[str, Any]]]:
     from llmtune.generate import generate_texts
 
     recipe, info = ctx.recipe, ctx.info
     rows = ctx.split.dataset
-    sources = [source_text(v, info["source_key"]) or "" for v in rows[info["source_column"]]]
-    refs = [references(v, info["target_key"]) for v in rows[info["target_column"]]]
+    sources = [source_text(v, info.source_key) or "" for v in rows[info.source_column]]
+    refs = [references(v, info.target_key) for v in rows[info.target_column]]
     metrics: dict[str, float] = {}
-    loss = _eval_loss(ctx)
-    if loss is not None:
-        metrics["loss"] = loss
+    if "nll" in outputs:
+        # token-weighted mean cross-entropy over all eval labels (each row once, however many processes)
+        metrics["loss"] = float(outputs["nll"].sum()) / max(int(outputs["ntok"].sum()), 1)
     records: list[dict[str, Any]] = [{"source": s, "references": r} for s, r in zip(sources, refs, strict=True)]
     if not recipe.generate_in_eval:
         return metrics, records
-    prefix = info["source_prefix"]
+    prefix = info.source_prefix
     predictions = generate_texts(ctx.accelerator.unwrap_model(ctx.model), ctx.tokenizer, [prefix + s for s in sources],
                                  recipe.generation, batch_size=recipe.train.per_device_eval_batch_size,
                                  max_input_length=recipe.train.max_source_length, accelerator=ctx.accelerator)
     # every process holds all predictions (gathered), so every process computes the same metrics: the loop's
     # best-checkpoint bookkeeping must agree across processes
-    metrics.update(score(info["metrics"], predictions, refs))
+    metrics.update(score_texts(info.metrics, predictions, refs))
     metrics["gen_len"] = generated_length(ctx.tokenizer, predictions)
     for rec, pred in zip(records, predictions, strict=True):
         rec["prediction"] = pred
@@ -404,27 +457,48 @@ def evaluate(ctx: EvalContext) -> tuple[dict[str, float], list[dict[str, Any]]]:
 # ---- predict -------------------------------------------------------------------------------------
 
 
-def predict_run(run_dir: Path, recipe: Recipe | None, texts: list[str], batch_size: int = 32) -> list[dict[str, Any]]:
-    """Generate for new sources with the run's prefix and generation settings (`--set generation.KEY=VALUE`)."""
-    import torch
+def load_trained(path: Path, recipe: Recipe | None, info: Info | None) -> tuple[Any, Any]:
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-    from llmtune.generate import generate_texts
-    from llmtune.recipe import GenerationArgs
-
-    info_path = run_dir / "llmtune_info.json"
-    info = json.loads(info_path.read_text()) if info_path.exists() else {}
-    prefix = info.get("source_prefix") or ""
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(run_dir))
-        model = AutoModelForSeq2SeqLM.from_pretrained(str(run_dir))
-    except (OSError, ValueError) as e:
-        raise LlmtuneError(f"{run_dir}: cannot load a seq2seq model and tokenizer: {str(e).splitlines()[0]}") from e
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    model = AutoModelForSeq2SeqLM.from_pretrained(str(path))
     fix_special_tokens(model, tokenizer)
-    if torch.cuda.is_available():
-        model = model.to("cuda")
-    g = recipe.generation if recipe is not None else GenerationArgs()
-    max_len = recipe.train.max_source_length if recipe is not None else 512
-    preds = generate_texts(model, tokenizer, [prefix + t for t in texts], g, batch_size=batch_size,
+    return model, tokenizer
+
+
+def predict(run: LoadedRun, rows: list[dict[str, Any]], batch_size: int, field: str | None,
+            pair_field: str | None) -> list[dict[str, Any]]:
+    """Generate for new sources with the run's prefix and generation settings (`--set generation.KEY=VALUE`)."""
+    from llmtune.generate import generate_texts
+    from llmtune.inputs import column
+    from llmtune.schema import GenerationArgs
+
+    texts = column(rows, field or "text", ())
+    prefix = run.info.source_prefix if run.info is not None else ""
+    g = run.recipe.generation if run.recipe is not None else GenerationArgs()
+    max_len = run.recipe.train.max_source_length if run.recipe is not None else 512
+    preds = generate_texts(run.model, run.tokenizer, [prefix + t for t in texts], g, batch_size=batch_size,
                            max_input_length=max_len)
     return [{"source": t, "prediction": p} for t, p in zip(texts, preds, strict=True)]
+
+
+# ---- zero/few-shot prompting of a decoder ------------------------------------------------------------------
+
+
+def prompt_spec(recipe: Recipe) -> PromptSpec:
+    d = recipe.data
+    if recipe.task == "translation":
+        return PromptSpec("Source", "Translation", f"Translate from {d.source_lang or 'the source language'} to "
+                          f"{d.target_lang or 'the target language'}.", ["bleu", "chrf"])
+    return PromptSpec("Document", "Summary", "Summarize each document in one sentence.", ["rouge"])
+
+
+def prompt_fields(recipe: Recipe, row: dict[str, Any]) -> tuple[str, list[str]]:
+    d = recipe.data
+    src = d.source_column or d.source_lang or "source"
+    tgt = d.target_column or d.target_lang or "target"
+    return as_text(row[src]) or "", references_of(row[tgt])
+
+
+def prompt_choices(recipe: Recipe, splits: dict[str, Split]) -> None:
+    return None
