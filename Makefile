@@ -54,5 +54,9 @@ format:
 benchmark:
 	$(VENV)/bin/llmtune benchmark --data-dir $(or $(DATA_DIR),../shared/data)
 
+.PHONY: gpu-check
+gpu-check:  # every CUDA path in one short call (scripts/gpu_check.py; without a GPU it checks nothing, exit 0)
+	$(PY) scripts/gpu_check.py
+
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache
