@@ -42,6 +42,7 @@ MODULES = {
     "causal_lm": "llmtune.tasks.causal_lm",
     "token_classification": "llmtune.tasks.token_classification",
     "question_answering": "llmtune.tasks.question_answering",
+    "preference": "llmtune.tasks.preference",
 }
 TASKS = tuple(MODULES)
 #: the task of a recipe that names none
