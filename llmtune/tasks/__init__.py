@@ -43,6 +43,7 @@ MODULES = {
     "token_classification": "llmtune.tasks.token_classification",
     "question_answering": "llmtune.tasks.question_answering",
     "preference": "llmtune.tasks.preference",
+    "masked_lm": "llmtune.tasks.masked_lm",
 }
 TASKS = tuple(MODULES)
 #: the task of a recipe that names none
