@@ -44,25 +44,6 @@ def checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def prepare_output_dir(output_dir: Path, overwrite: bool, resume: bool) -> None:
-    """Refuse to touch a finished run or a folder that is not ours; clear it when overwriting."""
-    if output_dir.exists() and not output_dir.is_dir():
-        raise LlmtuneError(f"train.output_dir {output_dir}: exists and is a file")
-    if not output_dir.exists():
-        return
-    entries = [p for p in output_dir.iterdir()]
-    ours = any(p.name in OWN_FILES or CHECKPOINT_RE.match(p.name) or p.name.startswith(".tmp-") for p in entries)
-    if entries and not ours:
-        raise LlmtuneError(f"train.output_dir {output_dir}: the folder is not empty and holds no llmtune run; "
-                           "choose another output_dir")
-    if is_finished(output_dir) and not overwrite:
-        raise LlmtuneError(f"train.output_dir {output_dir}: already holds a finished run; set "
-                           "train.overwrite_output_dir=true to replace it, or choose another train.output_dir")
-    if overwrite and entries and not resume:
-        for p in entries:
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
-
-
 def clean_partial(output_dir: Path) -> None:
     if output_dir.is_dir():
         for p in output_dir.glob(".tmp-*"):
@@ -193,6 +174,181 @@ llmtune commit `{info.get("git_hash")}`; versions: {", ".join(f"{k} {v}" for k, 
 
 This is {load}; `llmtune predict` and `llmtune eval --model` take the folder as it is.
 """
+
+
+# ---- the output folder: what llmtune may touch there ------------------------------------------------------
+
+MANIFEST = "llmtune_files.json"  # the names write_final moved into the run folder
+LOCK = ".llmtune.lock"
+# what a run folder written before the manifest existed holds besides OWN_FILES: the final files and the folders
+# llmtune's own commands write into it
+LEGACY_FINAL = re.compile(r"^(model(-\d+-of-\d+)?\.safetensors(\.index\.json)?|adapter_model\.safetensors|"
+                          r"adapter_config\.json|config\.json|generation_config\.json|tokenizer(_config)?\.json|"
+                          r"special_tokens_map\.json|vocab\.(txt|json)|merges\.txt|spiece\.model|sentencepiece\.bpe\.model|"
+                          r"source\.spm|target\.spm|added_tokens\.json|chat_template\.(jinja|json)|"
+                          r"(train|eval|all)_results\.json|predictions\.jsonl|llmtune_info\.json|loss\.png|"
+                          r"README\.md|COMPLETE|logs|mlruns|eval-[\w.-]+)$")
+
+
+def _written_by_llmtune(output_dir: Path) -> set[str]:
+    names = set(OWN_FILES) | {MARKER, MANIFEST, LOCK}
+    manifest = output_dir / MANIFEST
+    if manifest.is_file():
+        try:
+            names |= set(json.loads(manifest.read_text(encoding="utf-8")))
+        except (OSError, json.JSONDecodeError, TypeError):
+            pass
+    return names
+
+
+def foreign_entries(output_dir: Path) -> list[str]:
+    """Entries of an llmtune run folder that llmtune did not write there (a user's notes, data, a recipe)."""
+    ours = _written_by_llmtune(output_dir)
+    legacy = not (output_dir / MANIFEST).is_file()
+    out = []
+    for p in sorted(output_dir.iterdir()):
+        n = p.name
+        if n in ours or CHECKPOINT_RE.match(n) or n.startswith(".tmp-") or (legacy and LEGACY_FINAL.match(n)):
+            continue
+        out.append(n)
+    return out
+
+
+def refuse_special_output(path_text: str | None, recipe_source: str | None, key: str = "train.output_dir") -> None:
+    """Folders no run may be written into (and so never emptied): '', '.', '/', the home folder, the folder
+    the recipe itself is in, and any folder the current directory lies inside."""
+    if path_text is not None and not str(path_text).strip():
+        raise LlmtuneError(f"{key}: is empty; name a folder for the run (e.g. runs/my-run)")
+    if path_text is None:
+        return
+    p = Path(path_text).expanduser().resolve()
+    cwd = Path.cwd().resolve()
+    special = {Path("/"): "the root folder", Path.home().resolve(): "your home folder"}
+    if p in special:
+        raise LlmtuneError(f"{key} {path_text}: is {special[p]}; a run needs a folder of its own (e.g. runs/my-run)")
+    if p == cwd or p in cwd.parents:
+        raise LlmtuneError(f"{key} {path_text}: is the current folder (or holds it); a run needs a folder of its "
+                           "own (e.g. runs/my-run)")
+    if recipe_source and Path(recipe_source).is_file() and p == Path(recipe_source).resolve().parent:
+        raise LlmtuneError(f"{key} {path_text}: is the folder the recipe is in; a run needs a folder of its own "
+                           "(e.g. runs/my-run)")
+
+
+def check_output_dir(output_dir: Path, overwrite: bool, resume: bool) -> None:
+    """Refuse a finished run (unless overwriting) and a folder holding anything llmtune did not write. Writes
+    and removes nothing: clearing for an overwrite happens later (clear_previous_run), once the new run's recipe,
+    model and data have all been validated."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise LlmtuneError(f"train.output_dir {output_dir}: exists and is a file")
+    if not output_dir.exists():
+        return
+    entries = list(output_dir.iterdir())
+    if not entries:
+        return
+    marks = OWN_FILES | {LOCK, MANIFEST, MARKER}
+    ours = any(p.name in marks or CHECKPOINT_RE.match(p.name) or p.name.startswith(".tmp-") for p in entries)
+    if not ours:
+        raise LlmtuneError(f"train.output_dir {output_dir}: the folder is not empty and holds no llmtune run; "
+                           "choose another output_dir")
+    if is_finished(output_dir) and not overwrite:
+        raise LlmtuneError(f"train.output_dir {output_dir}: already holds a finished run; set "
+                           "train.overwrite_output_dir=true to replace it, or choose another train.output_dir")
+    if overwrite and not resume:
+        foreign = foreign_entries(output_dir)
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            raise LlmtuneError(f"train.output_dir {output_dir}: holds files llmtune did not write ({shown}); "
+                               "train.overwrite_output_dir removes only a previous run's files, so move them or "
+                               "choose another output_dir")
+
+
+def clear_previous_run(output_dir: Path) -> None:
+    """Remove what a previous llmtune run wrote in `output_dir` (check_output_dir has refused anything else)."""
+    if not output_dir.is_dir():
+        return
+    foreign = set(foreign_entries(output_dir))
+    for p in output_dir.iterdir():
+        if p.name in foreign or p.name == LOCK:
+            continue
+        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+
+
+class OutputLock:
+    """One writer per output folder: a lock file holding the owner's pid and host. A second run exits 2 naming
+    the first; a lock left by a killed process (same host, pid gone) is taken over. The folders created to hold
+    the lock are removed again if the run fails before writing anything else."""
+
+    def __init__(self, output_dir: Path) -> None:
+        self.dir = output_dir
+        self.path = output_dir / LOCK
+        self.created: list[Path] = []
+        self.held = False
+
+    def acquire(self) -> None:
+        import socket
+
+        missing = []
+        p = self.dir
+        while not p.exists():
+            missing.append(p)
+            p = p.parent
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise LlmtuneError(f"train.output_dir {self.dir}: cannot create it ({e.strerror or e})") from None
+        self.created = missing
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = self._owner()
+                if owner is not None and self._alive(owner, me["host"]):
+                    self.release()
+                    raise LlmtuneError(f"train.output_dir {self.dir}: in use by another llmtune run (pid "
+                                       f"{owner.get('pid')} on {owner.get('host')}, since {owner.get('started')}); "
+                                       "wait for it to finish or choose another output_dir") from None
+                self.path.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            except OSError as e:
+                self.release()
+                raise LlmtuneError(f"train.output_dir {self.dir}: cannot write there ({e.strerror or e})") from None
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            self.held = True
+            return
+        self.release()
+        raise LlmtuneError(f"train.output_dir {self.dir}: could not take the lock {self.path}")
+
+    def _owner(self) -> dict[str, Any] | None:
+        try:
+            value = json.loads(self.path.read_text(encoding="utf-8"))
+            return value if isinstance(value, dict) else None
+        except (OSError, json.JSONDecodeError):
+            return None  # half-written or unreadable: treated as stale
+
+    @staticmethod
+    def _alive(owner: dict[str, Any], host: str) -> bool:
+        if owner.get("host") != host:
+            return True  # another machine's process: cannot tell, so never steal it
+        try:
+            os.kill(int(owner.get("pid", -1)), 0)
+        except ProcessLookupError:
+            return False
+        except (PermissionError, ValueError, TypeError, OverflowError):
+            return True
+        return True
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+        for p in self.created:  # only folders this run created, and only while they are still empty
+            try:
+                p.rmdir()
+            except OSError:
+                break
+        self.created = []
 
 
 # ---- loading a run folder ---------------------------------------------------------------------------------

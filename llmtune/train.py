@@ -129,6 +129,8 @@ def _fingerprint(recipe: Recipe, train_ds: Any, lengths: list[int], processes: i
         # the global batch decides which examples form an update; how it is split over processes does not
         "batches": f"{recipe.train.per_device_train_batch_size * processes}x{recipe.train.gradient_accumulation_steps}"
                    f"/seed{recipe.train.seed}/group{recipe.train.group_by_length}",
+        # the optimizer's state (restored on resume) carries these: a new value would be silently ignored
+        "optimizer": f"lr{recipe.train.learning_rate}/wd{recipe.train.weight_decay}",
     }
 
 
@@ -155,7 +157,9 @@ def _keep_trainable(models: list[Any], weights: list[dict[str, Any]], output_dir
 
 def _check_resume_compatible(saved: dict[str, str], now: dict[str, str], ckpt: Path) -> None:
     what = {"model": "the model or LoRA settings", "data": "training data (rows or columns)",
-            "batches": "the global batch size, accumulation, seed or length grouping"}
+            "batches": "the global batch size, accumulation, seed or length grouping",
+            "optimizer": "train.learning_rate or train.weight_decay (the checkpoint's optimizer state holds the old "
+                         "values)"}
     for key, label in what.items():
         if saved.get(key) and saved.get(key) != now.get(key):
             raise LlmtuneError(f"train.resume_from_checkpoint: {ckpt} was made with different {label}; resuming "
@@ -223,6 +227,7 @@ class Run:
     task: tasks.TaskModule
     out: Path
     report: Callable[[str], None]
+    lock: runs.OutputLock
     t0: float = field(default_factory=time.time)
     resume_from: Path | None = None
     accelerator: Any = None
@@ -248,6 +253,7 @@ class Run:
     last_records: list[dict[str, Any]] = field(default_factory=list)
     last_eval_step: int = -1
     base_eval: dict[str, float] = field(default_factory=dict)
+    final_checkpoint: Path | None = None  # saved only to protect the final eval and write
 
     @property
     def main(self) -> bool:
@@ -261,13 +267,21 @@ class Run:
 def finetune(recipe: Recipe, report: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train, evaluate during and after training, write the run folder. Returns all_results."""
     run = prepare_run(recipe, report or (lambda message: None))
-    load_data_and_model(run)
-    build_loaders_and_optimizer(run)
-    restore_or_start(run)
-    evaluate_before_training(run)
-    train(run)
-    evaluate_at_end(run)
-    return finish(run)
+    try:
+        load_data_and_model(run)
+        build_loaders_and_optimizer(run)
+        restore_or_start(run)
+        evaluate_before_training(run)
+        train(run)
+        with _StopFlag() as stop:  # from here on a Ctrl-C or SIGTERM is heard at the next safe point
+            evaluate_at_end(run)
+            if stop.signum is not None:
+                raise Interrupted(f"interrupted during the final evaluation; {run.out}/checkpoint-"
+                                  f"{run.state.global_step} holds the trained model. Run the same command again "
+                                  "to evaluate it and write the run")
+            return finish(run)
+    finally:
+        run.lock.release()
 
 
 def prepare_run(recipe: Recipe, report: Callable[[str], None]) -> Run:
@@ -276,14 +290,21 @@ def prepare_run(recipe: Recipe, report: Callable[[str], None]) -> Run:
 
     from llmtune.models import resolve
 
+    runs.refuse_special_output(recipe.train.output_dir, recipe.source)
     out = Path(recipe.train.output_dir or "runs/run")
-    run = Run(recipe=recipe, task=tasks.get(recipe.task), out=out, report=report)
+    run = Run(recipe=recipe, task=tasks.get(recipe.task), out=out, report=report, lock=runs.OutputLock(out))
     resolve(recipe.model)  # a bad model name fails before anything is written
     run.resume_from = _resolve_resume(recipe, out) if out.exists() else None
     if run.resume_from is None and recipe.train.resume_from_checkpoint not in ("auto", False, "false"):
         run.resume_from = _resolve_resume(recipe, out)
-    runs.prepare_output_dir(out, recipe.train.overwrite_output_dir, resume=run.resume_from is not None)
-    run.accelerator = build_accelerator(recipe, out)
+    runs.check_output_dir(out, recipe.train.overwrite_output_dir, resume=run.resume_from is not None)
+    if os.environ.get("RANK", "0") == "0":  # one lock per run, held by the main process
+        run.lock.acquire()
+    try:
+        run.accelerator = build_accelerator(recipe, out)
+    except BaseException:
+        run.lock.release()
+        raise
     if not run.main:
         run.report = lambda message: None
     set_seed(recipe.train.seed)
@@ -350,8 +371,14 @@ def restore_or_start(run: Run) -> None:
         run.state = saved
         run.report(f"Resuming from {run.resume_from} (step {run.state.global_step})")
     if run.main:
+        if t.overwrite_output_dir and run.resume_from is None:
+            # only now, with the new recipe, data and model all read: a bad input never costs the previous run
+            runs.clear_previous_run(out)
         out.mkdir(parents=True, exist_ok=True)
         runs.clean_partial(out)
+        if run.resume_from is not None:  # rows the killed attempt logged after its last checkpoint are not history
+            (out / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in run.state.log_history),
+                                           encoding="utf-8")
         (out / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
         runs.write_json(out / "run_info.json", runs.run_info({"recipe_source": recipe.source,
                                                               "mixed_precision": acc.mixed_precision}))
@@ -434,7 +461,7 @@ def evaluate_before_training(run: Run) -> None:
         run.base_eval = {k: v for k, v in first.items() if k.startswith("eval_")} if first.get("step") == 0 else {}
 
 
-def save_checkpoint(run: Run) -> None:
+def save_checkpoint(run: Run, rotate: bool = True) -> None:
     acc, out, state = run.accelerator, run.out, run.state
     step = state.global_step
     tmp, final = out / f".tmp-checkpoint-{step}", out / f"checkpoint-{step}"
@@ -447,7 +474,8 @@ def save_checkpoint(run: Run) -> None:
         if run.main:
             (tmp / "trainer_state.json").write_text(state.to_json())
             runs.commit_dir(tmp, final)
-            runs.rotate_checkpoints(out, run.recipe.train.save_total_limit, keep_step=state.best_step)
+            if rotate:
+                runs.rotate_checkpoints(out, run.recipe.train.save_total_limit, keep_step=state.best_step)
     except OSError as e:
         if run.main:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -563,6 +591,12 @@ def train(run: Run) -> None:
                 state.epoch, state.batches_in_epoch = epoch + 1, 0
     progress.close()
     state.train_seconds += time.time() - seg_start
+    if not (run.out / f"checkpoint-{state.global_step}").is_dir():
+        # the final eval and write can take minutes: until the final model is in place, the last step is kept
+        # in a checkpoint (outside the rotation, removed once the run is written), so no signal costs training
+        state.pending_loss_sum, state.pending_loss_n = float(loss_acc), loss_n
+        save_checkpoint(run, rotate=False)
+        run.final_checkpoint = run.out / f"checkpoint-{state.global_step}"
 
 
 def _batch_size_and_tokens(batch: dict[str, Any]) -> tuple[int, Any]:
@@ -617,6 +651,9 @@ def finish(run: Run) -> dict[str, Any]:
         write_final(run.out, acc.unwrap_model(run.model), run.tokenizer, run.recipe, run.info, train_results,
                     eval_results, all_results, run.last_records, state.log_history)
     acc.wait_for_everyone()
+    if run.main and run.final_checkpoint is not None and run.final_checkpoint.name != \
+            f"checkpoint-{state.best_step}":
+        shutil.rmtree(run.final_checkpoint, ignore_errors=True)  # the final model is in place now
     if acc.log_with:
         acc.end_training()
     return all_results
@@ -661,6 +698,8 @@ def write_final(out: Path, model: Any, tokenizer: Any, recipe: Recipe, info: Any
                                               if isinstance(v, (int, float))}, run_info, recipe.task,
                            recipe.model.name or "", adapter=(tmp / "adapter_config.json").exists())
     (tmp / "README.md").write_text(card, encoding="utf-8")
+    names = sorted(p.name for p in tmp.iterdir())
+    runs.write_json(tmp / runs.MANIFEST, names)  # what overwrite_output_dir may remove later, and nothing else
     # move every file into place, then the marker: a kill before the marker leaves an unfinished run
     for p in tmp.iterdir():
         os.replace(p, out / p.name)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from llmtune import data as data_mod
-from llmtune import hardware, tasks
+from llmtune import hardware, runs, tasks
 from llmtune.errors import LlmtuneError
 from llmtune.models import load_tokenizer, resolve
 from llmtune.recipe import Recipe
@@ -12,6 +14,11 @@ from llmtune.recipe import Recipe
 def check_data(recipe: Recipe) -> list[str]:
     """Resolve the model name, load and validate every split, run the task's setup; one line per check passed."""
     hardware.check_hardware(recipe)
+    runs.refuse_special_output(recipe.train.output_dir, recipe.source)
+    if recipe.train.output_dir:
+        out = Path(recipe.train.output_dir)
+        runs.check_output_dir(out, recipe.train.overwrite_output_dir,
+                              resume=recipe.train.resume_from_checkpoint not in (False, "false") and bool(runs.checkpoints(out)))
     task = tasks.get(recipe.task)
     resolved = resolve(recipe.model)
     lines = [f"model {recipe.model.name} -> {resolved.path}" + (f" ({resolved.gguf_file})" if resolved.gguf_file else "")]

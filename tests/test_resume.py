@@ -75,6 +75,10 @@ def test_sigkill_then_resume_is_exact(tmp_path: Path, tiny_bert: Path, sentiment
     for key in ("eval_loss", "eval_accuracy", "global_step"):
         assert ra[key] == pytest.approx(rb[key], abs=1e-6), key
     assert ra["train_loss"] == pytest.approx(rb["train_loss"], abs=1e-6)
+    # the killed attempt's rows past its checkpoint are gone: each step is logged once, as uninterrupted
+    log_a = [json.loads(x) for x in (reference / "log.jsonl").read_text().splitlines()]
+    log_b = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log_b] == [r["step"] for r in log_a]
 
 
 def test_partial_checkpoint_is_ignored(tmp_path: Path, tiny_bert: Path, sentiment_files, cli) -> None:
@@ -114,5 +118,7 @@ def test_resume_refuses_changed_data(tmp_path: Path, tiny_bert: Path, sentiment_
         pytest.skip("run finished before the kill")
     res = cli("finetune", recipe, "data.max_train_samples=15")
     assert res.exit_code == 2 and "was made with different training data (rows or columns)" in res.stderr
+    res = cli("finetune", recipe, "train.learning_rate=1e-3")  # the optimizer state holds the old one
+    assert res.exit_code == 2 and "different train.learning_rate or train.weight_decay" in res.stderr
     res = cli("finetune", recipe, "train.eval_steps=3")  # eval cadence may change
     assert res.exit_code == 0, res.output

@@ -100,4 +100,4 @@ def test_damaged_and_foreign_folders_are_named(tmp_path: Path, tiny_bert: Path) 
     weights = truncated / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises(LlmtuneError, match=r"model.safetensors is damaged"):
-        runs.load_run(truncated).model  # the weights load on first use
+        _ = runs.load_run(truncated).model  # the weights load on first use
