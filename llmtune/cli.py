@@ -67,6 +67,8 @@ def handle_errors(fn: Any) -> Any:
                 raise
             from llmtune.errors import Interrupted
 
+            if os.environ.get("RANK", "0") != "0":  # under a launcher the main process says it, once
+                raise typer.Exit(130 if isinstance(e, Interrupted) else 2) from None
             err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(130 if isinstance(e, Interrupted) else 2) from None
         except KeyboardInterrupt:
@@ -104,8 +106,12 @@ def finetune(
     num_processes: Annotated[int, typer.Option("--num-processes", help="Launch N processes with accelerate.")] = 1,
 ) -> None:
     """Train a model from a recipe, evaluate during and after training, and write the run folder."""
+    if num_processes < 1:
+        raise LlmtuneError(f"--num-processes must be at least 1, got {num_processes}")
     if num_processes > 1 and "LOCAL_RANK" not in os.environ:
         from llmtune.launch import launch
+
+        _load(recipe, overrides)  # a bad recipe is said once, here, not by every process
 
         raise typer.Exit(launch(["finetune", recipe, *(overrides or [])], num_processes, debug=DEBUG["on"]))
     r = _load(recipe, overrides)
@@ -195,11 +201,14 @@ def predict(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write JSONL here instead of stdout.")] = None,
     field: Annotated[str | None, typer.Option("--field", help="Text field/column of the input file.")] = None,
     pair_field: Annotated[str | None, typer.Option("--pair-field", help="Second text field for sentence pairs.")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
     overrides: Annotated[list[str] | None, typer.Option("--set", help="generation.key=value, repeatable")] = None,
 ) -> None:
     """Predict labels (with probabilities) or generate outputs for new inputs with a trained run."""
     from llmtune.inference import predict_file
+    from llmtune.runs import check_output_file
+
+    check_output_file(output, [input])
 
     rows = predict_file(run_dir, input, field=field, pair_field=pair_field, batch_size=batch_size,
                         overrides=overrides or [])
@@ -212,6 +221,7 @@ def _emit_jsonl(rows: list[dict[str, Any]], output: Path | None, what: str) -> N
 
     lines = [json.dumps(r, ensure_ascii=False) for r in rows]
     if output:
+        output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text("\n".join(lines) + "\n", encoding="utf-8")
         console.print(f"wrote {len(rows)} {what} to {output}")
     else:
@@ -260,7 +270,7 @@ def eval_(
                                                      "punctuation.")] = False,
     scheme: Annotated[str | None, typer.Option("--scheme", help="seqeval: strict mode with this tagging scheme "
                                                "(IOB2, IOBES, ...); default: seqeval's lenient mode")] = None,
-    bootstrap: Annotated[int, typer.Option("--bootstrap", help="Bootstrap resamples for 95% intervals "
+    bootstrap: Annotated[int, typer.Option("--bootstrap", min=0, help="Bootstrap resamples for 95% intervals "
                                            "(0: none).")] = 1000,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap and of few-shot draws.")] = 0,
     model: Annotated[str | None, typer.Option("--model", help="A run folder, model folder or decoder to "
@@ -276,7 +286,7 @@ def eval_(
                                                     "predictions.jsonl go (model evaluation).")] = None,
     overrides: Annotated[list[str] | None, typer.Option("--set", help="Recipe override section.key=value, "
                                                         "repeatable")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size")] = 8,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
 ) -> None:
     """Score prediction files against references, or evaluate a model (fine-tuned, or zero/few-shot) on a dataset."""
     names = [m.strip() for item in (metric or []) for m in item.split(",") if m.strip()]
@@ -301,6 +311,9 @@ def eval_(
             options["exact_match"] = {"ignore_case": ignore_case, "ignore_punctuation": ignore_punctuation}
         if scheme and "seqeval" in names:
             options["seqeval"] = {"scheme": scheme.upper()}
+        from llmtune.runs import check_output_file
+
+        check_output_file(output, [predictions, *references, compare])
         res = evaluation.score_prediction_files(predictions, references, names, prediction_field, reference_field,
                                                 options, bootstrap, seed, compare, output)
         _print_scores(res["results"], title=f"{predictions} ({res['n_samples']} examples)")
@@ -322,6 +335,11 @@ def eval_(
             raise LlmtuneError(f"--shots {shots}: expected integers such as 0,1,5") from None
         if any(k < 0 for k in shot_list):
             raise LlmtuneError(f"--shots {shots}: the number of examples cannot be negative")
+    from llmtune.runs import check_output_file, check_output_folder
+
+    check_output_file(output, [Path(model), *(Path(f) for f in finetuned or [])])
+    if output_dir is not None:
+        check_output_folder(output_dir)
     res = evaluation.run_eval(model, recipe, overrides or [], split, names or None, shot_list, finetuned or [],
                               bootstrap, seed, output_dir, batch_size)
     _print_settings(res["results"], title=f"{res['config']['task']} on the {split} split ({res['n_samples']} examples)")
@@ -379,7 +397,31 @@ def _print_settings(results: dict[str, dict[str, dict[str, Any]]], title: str) -
 
 
 def run() -> None:
-    app()
+    """The console script. `--debug` is accepted anywhere on the line (it belongs before the command); a usage
+    error (unknown option, a value of the wrong type) is one line and exit code 2, like every other user error."""
+    try:  # typer >= 0.20 carries its own copy of click; older ones use click itself
+        from typer._click import exceptions as click_errors
+    except ImportError:
+        from click import exceptions as click_errors
+
+    argv = sys.argv[1:]
+    if "--debug" in argv[1:]:
+        argv = ["--debug", *[a for a in argv if a != "--debug"]]
+    try:
+        code = app(args=argv, prog_name="llmtune", standalone_mode=False)
+    except click_errors.UsageError as e:
+        no_args = getattr(click_errors, "NoArgsIsHelpError", None)
+        if no_args is not None and isinstance(e, no_args):  # `llmtune` alone: the help, as before
+            e.show()
+            sys.exit(0)
+        hint = f" (see llmtune {e.ctx.command_path.split(' ', 1)[-1]} --help)" if e.ctx and " " in e.ctx.command_path \
+            else " (see llmtune --help)"
+        err_console.print(f"[bold red]error:[/] {escape(e.format_message())}{hint}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except click_errors.Abort:
+        err_console.print("[bold red]interrupted[/]")
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 @app.command()
@@ -405,17 +447,17 @@ def generate(
                                                ".json, .csv, .tsv")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write JSONL here instead of stdout.")] = None,
     field: Annotated[str | None, typer.Option("--field", help="Prompt field of the input file.")] = None,
-    max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", min=1)] = None,
     sample: Annotated[bool | None, typer.Option("--sample/--greedy", help="Sample, or decode greedily.")] = None,
-    num_beams: Annotated[int | None, typer.Option("--num-beams", help="Beam search with N beams.")] = None,
-    temperature: Annotated[float | None, typer.Option("--temperature", help="Implies --sample.")] = None,
-    top_k: Annotated[int | None, typer.Option("--top-k", help="Implies --sample.")] = None,
-    top_p: Annotated[float | None, typer.Option("--top-p", help="Implies --sample.")] = None,
-    repetition_penalty: Annotated[float | None, typer.Option("--repetition-penalty")] = None,
+    num_beams: Annotated[int | None, typer.Option("--num-beams", min=1, help="Beam search with N beams.")] = None,
+    temperature: Annotated[float | None, typer.Option("--temperature", min=0.0, help="Implies --sample.")] = None,
+    top_k: Annotated[int | None, typer.Option("--top-k", min=0, help="Implies --sample.")] = None,
+    top_p: Annotated[float | None, typer.Option("--top-p", min=0.0, max=1.0, help="Implies --sample.")] = None,
+    repetition_penalty: Annotated[float | None, typer.Option("--repetition-penalty", min=0.0)] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed for sampling: same seed, same text.")] = None,
     system: Annotated[str | None, typer.Option("--system", help="System message for chat models.")] = None,
     raw: Annotated[bool, typer.Option("--raw", help="Give the prompt as is, without the chat template.")] = False,
-    batch_size: Annotated[int, typer.Option("--batch-size")] = 16,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 16,
     stream: Annotated[bool, typer.Option("--stream/--no-stream", help="Stream a single prompt.")] = True,
     overrides: Annotated[list[str] | None, typer.Option("--set", help="generation.key=value, repeatable")] = None,
 ) -> None:
@@ -423,7 +465,9 @@ def generate(
     if (prompt is None) == (input is None):
         raise LlmtuneError("give either --prompt TEXT or --input FILE")
     from llmtune.generate_cmd import generate_rows, read_prompts
+    from llmtune.runs import check_output_file
 
+    check_output_file(output, [input])
     prompts = [(prompt, None)] if prompt is not None else read_prompts(input, field)  # type: ignore[arg-type]
     options = {"max_new_tokens": max_new_tokens, "do_sample": sample, "num_beams": num_beams,
                "temperature": temperature, "top_k": top_k, "top_p": top_p,
@@ -449,10 +493,10 @@ def benchmark(
                                                   "(else the hub, else llmtune's bundled data).")] = None,
     scale: Annotated[str, typer.Option("--scale", help="tiny (a smoke test), small (under 30 min on 2 CPU cores) "
                                        "or full.")] = "small",
-    repeats: Annotated[int | None, typer.Option("--repeats", help="Runs per side (default 3; 1 at tiny scale).")] = None,
+    repeats: Annotated[int | None, typer.Option("--repeats", min=1, help="Runs per side (default 3; 1 at tiny scale).")] = None,
     output_dir: Annotated[Path, typer.Option("--output-dir", help="Results go to OUTPUT_DIR/<date>-<host>/.")] = Path(
         "benchmarks/results"),
-    threads: Annotated[int | None, typer.Option("--threads", help="Threads for both sides (default: all CPUs).")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="Threads for both sides (default: all CPUs).")] = None,
 ) -> None:
     """Run each workload with llmtune and with the Hugging Face reference scripts; write a report."""
     from llmtune.benchmark.runner import run_benchmark

@@ -63,7 +63,7 @@ def check_structure(path: Path, suffix: str, key: str) -> None:
     if suffix == ".parquet":
         return
     with _open_bytes(path) as f:
-        text = f.read().decode("utf-8")
+        text = f.read().decode("utf-8-sig")
     lines = [(i, line) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
     header = 1 if suffix in (".csv", ".tsv") else 0
     if len(lines) <= header:
@@ -137,6 +137,9 @@ def load_file(path_str: str, key: str, recipe: Recipe, lines: bool = False) -> A
     kwargs: dict[str, Any] = {}
     if suffix == ".tsv":
         kwargs = {"sep": "\t", "quoting": 3}  # QUOTE_NONE: TSV corpora (SST-2...) hold bare quote characters
+    with _open_bytes(path) as f:
+        if f.read(3) == b"\xef\xbb\xbf":  # a byte-order mark, as spreadsheet exports write: not part of the text
+            kwargs["encoding"] = "utf-8-sig"
     try:
         ds = datasets.load_dataset(builder, data_files={"data": str(path.resolve())}, split="data", **kwargs)
     except Exception as e:  # datasets wraps parser errors in several types; the cause is what users need

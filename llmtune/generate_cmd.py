@@ -69,6 +69,10 @@ def generation_args(base: GenerationArgs, overrides: list[str], options: dict[st
         raise LlmtuneError("generation: temperature must be > 0 when sampling")
     if not 0 < g.top_p <= 1:
         raise LlmtuneError(f"generation: top_p must be in (0, 1], got {g.top_p}")
+    if g.repetition_penalty <= 0:
+        raise LlmtuneError(f"generation: repetition_penalty must be > 0 (1 is none), got {g.repetition_penalty}")
+    if g.top_k < 0:
+        raise LlmtuneError(f"generation: top_k must be 0 (no limit) or more, got {g.top_k}")
     return g
 
 
@@ -124,6 +128,10 @@ def generate_rows(model_or_run: str, prompts: list[tuple[str, str | None]], g: G
     base = g or (loaded.recipe.generation if loaded.recipe is not None else GenerationArgs())
     g = generation_args(base, list(overrides or []), dict(options or {}))
     max_in = max_input_length or (loaded.recipe.train.max_seq_length if loaded.recipe is not None else 1024)
+    positions = getattr(loaded.model.config, "max_position_embeddings", None)
+    if positions and g.max_new_tokens >= positions:
+        raise LlmtuneError(f"--max-new-tokens {g.max_new_tokens}: the model has {positions} positions in all; "
+                           f"ask for fewer than {positions} new tokens")
     if stream and len(prompts) == 1:
         texts, special = causal_lm.render_prompts(loaded.tokenizer, loaded.prompt_format, prompts, raw, system)
         outs = [stream_one(loaded, texts[0], g, special)]

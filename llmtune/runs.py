@@ -273,6 +273,40 @@ def clear_previous_run(output_dir: Path) -> None:
         shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
 
 
+def _run_file(path: Path) -> bool:
+    """Whether `path` is a file of a finished (or started) llmtune run: never a command's output."""
+    folder = path.parent
+    if not ((folder / MARKER).is_file() or (folder / INFO_FILE).is_file() or (folder / "run_info.json").is_file()):
+        return False
+    return path.name in _written_by_llmtune(folder) or bool(LEGACY_FINAL.match(path.name))
+
+
+def check_output_file(output: Path | None, inputs: list[Path | None], what: str = "--output") -> None:
+    """Refuse an output file that is a folder, one of the command's own inputs, or a file of a run folder,
+    before anything is computed; its missing parent folders are made when it is written."""
+    if output is None:
+        return
+    if output.is_dir():
+        raise LlmtuneError(f"{what} {output}: is a folder; give a file name")
+    target = output.expanduser().resolve()
+    for p in inputs:
+        if p is not None and Path(p).expanduser().exists() and Path(p).expanduser().resolve() == target:
+            raise LlmtuneError(f"{what} {output}: is one of this command's input files; write elsewhere")
+    if output.exists() and _run_file(target):
+        raise LlmtuneError(f"{what} {output}: is a file of the run in {output.parent}; write elsewhere")
+    if output.parent.exists() and not output.parent.is_dir():
+        raise LlmtuneError(f"{what} {output}: {output.parent} is a file, not a folder")
+
+
+def check_output_folder(folder: Path, what: str = "--output-dir") -> None:
+    """An evaluation's own folder: never a run folder itself (its predictions.jsonl is the run's)."""
+    if folder.exists() and not folder.is_dir():
+        raise LlmtuneError(f"{what} {folder}: exists and is a file")
+    if folder.is_dir() and ((folder / MARKER).is_file() or (folder / INFO_FILE).is_file()):
+        raise LlmtuneError(f"{what} {folder}: is a run folder; its predictions.jsonl would be replaced. Leave "
+                           f"{what} out (results go to RUN/eval-SPLIT) or choose another folder")
+
+
 class OutputLock:
     """One writer per output folder: a lock file holding the owner's pid and host. A second run exits 2 naming
     the first; a lock left by a killed process (same host, pid gone) is taken over. The folders created to hold

@@ -370,6 +370,11 @@ def tokenize(recipe: Recipe, tokenizer: Any, split: Split, info: Info) -> Any:
                    "chunk": split.name == "train"},
         desc=f"Tokenizing {split.name}",
     )
+    if split.name != "train" and len(ds) and not any(_has_target(row) for row in ds):
+        # a loss over no token would read 0.0 and a perplexity of 1.0: say why instead
+        raise LlmtuneError(f"{split.origin}: no {split.name} row has a response token within "
+                           f"train.max_seq_length={recipe.train.max_seq_length} (every target is truncated away), "
+                           "so there is nothing to score; raise train.max_seq_length")
     if split.name == "train":
         # a row whose response lies wholly beyond max_seq_length has no token to learn from; a batch of such
         # rows would divide 0 by 0. Eval rows stay, so predictions line up with the file.
@@ -525,6 +530,8 @@ def eval_step(model: Any, batch: dict[str, Any]) -> dict[str, Any]:
 def score(ctx: EvalContext, outputs: dict[str, Any]) -> tuple[dict[str, float], list[dict[str, Any]]]:
     sums_t, counts_t = outputs["sums"], outputs["counts"]
     n_tokens = int(counts_t.sum())
+    if n_tokens == 0:
+        raise LlmtuneError(f"{ctx.split.origin}: no target token to score in the {ctx.split.name} split")
     # exact token-weighted mean over the whole split: every target token counts once, whatever the batching
     loss = float(sums_t.sum() / max(n_tokens, 1))
     metrics: dict[str, float] = {"loss": loss, "perplexity": math.exp(loss) if loss < 700 else float("inf")}
