@@ -44,6 +44,7 @@ MODULES = {
     "question_answering": "llmtune.tasks.question_answering",
     "preference": "llmtune.tasks.preference",
     "masked_lm": "llmtune.tasks.masked_lm",
+    "embedding": "llmtune.tasks.embedding",
 }
 TASKS = tuple(MODULES)
 #: the task of a recipe that names none
