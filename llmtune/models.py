@@ -175,3 +175,20 @@ def read_config(path: str | Path) -> dict[str, Any]:
         return json.loads((Path(path) / "config.json").read_text())
     except (OSError, json.JSONDecodeError):
         return {}
+
+
+def check_positions(max_seq_length: int, resolved: ResolvedModel) -> None:
+    """train.max_seq_length within the model's position embeddings (a local model's config; a hub model is checked
+    when it loads). Encoder-decoders cut their own sources and targets (train.max_source_length)."""
+    if not resolved.is_local or resolved.gguf_file:
+        return
+    try:
+        cfg = read_config(resolved.path)
+    except LlmtuneError:
+        return
+    if cfg.get("is_encoder_decoder"):
+        return
+    limit = cfg.get("max_position_embeddings") or cfg.get("n_positions")
+    if isinstance(limit, int) and max_seq_length > limit:
+        raise LlmtuneError(f"train.max_seq_length {max_seq_length}: the model has {limit} positions "
+                           f"(max_position_embeddings in {resolved.path}/config.json); use at most {limit}")

@@ -288,12 +288,12 @@ def prepare_run(recipe: Recipe, report: Callable[[str], None]) -> Run:
     """Check the model name and the output folder before anything is written, then build the Accelerator."""
     from accelerate.utils import set_seed
 
-    from llmtune.models import resolve
+    from llmtune.models import check_positions, resolve
 
     runs.refuse_special_output(recipe.train.output_dir, recipe.source)
     out = Path(recipe.train.output_dir or "runs/run")
     run = Run(recipe=recipe, task=tasks.get(recipe.task), out=out, report=report, lock=runs.OutputLock(out))
-    resolve(recipe.model)  # a bad model name fails before anything is written
+    check_positions(recipe.train.max_seq_length, resolve(recipe.model))  # a bad model fails before any write
     run.resume_from = _resolve_resume(recipe, out) if out.exists() else None
     if run.resume_from is None and recipe.train.resume_from_checkpoint not in ("auto", False, "false"):
         run.resume_from = _resolve_resume(recipe, out)
@@ -437,6 +437,13 @@ def evaluate_now(run: Run, keep_best: bool = True) -> None:
     log(run, {"step": step, "epoch": round(step / run.updates_per_epoch, 4), **run.last_eval})
     run.report(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in run.last_eval.items()))
     value = run.last_eval.get(f"eval_{run.metric_name}")
+    if value is None and run.recipe.train.metric_for_best_model:
+        import difflib
+
+        names = [k[len("eval_"):] for k in run.last_eval]
+        close = difflib.get_close_matches(run.metric_name, names, n=1)
+        raise LlmtuneError(f"train.metric_for_best_model: this task's eval reports no '{run.metric_name}'"
+                           + (f" (did you mean '{close[0]}'?)" if close else "") + f"; it reports {', '.join(names)}")
     if step == 0 or not keep_best:
         return  # the untrained baseline is reported, never kept as "best"
     st = run.state

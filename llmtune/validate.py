@@ -7,7 +7,7 @@ from pathlib import Path
 from llmtune import data as data_mod
 from llmtune import hardware, runs, tasks
 from llmtune.errors import LlmtuneError
-from llmtune.models import load_tokenizer, resolve
+from llmtune.models import check_positions, load_tokenizer, resolve
 from llmtune.recipe import Recipe
 
 
@@ -21,6 +21,7 @@ def check_data(recipe: Recipe) -> list[str]:
                               resume=recipe.train.resume_from_checkpoint not in (False, "false") and bool(runs.checkpoints(out)))
     task = tasks.get(recipe.task)
     resolved = resolve(recipe.model)
+    check_positions(recipe.train.max_seq_length, resolved)
     lines = [f"model {recipe.model.name} -> {resolved.path}" + (f" ({resolved.gguf_file})" if resolved.gguf_file else "")]
     splits = data_mod.load_splits(recipe, validate=lambda s: task.validate(recipe, s))
     for split in splits.values():

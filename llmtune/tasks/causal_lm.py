@@ -317,6 +317,15 @@ def setup(recipe: Recipe, splits: dict[str, Split], tokenizer: Any) -> Info:
         # the run folder's tokenizer keeps the template, so generation renders prompts the way training did
         tokenizer.chat_template = template
     info.prompt_format = prompt_format_for(recipe, tokenizer)
+    if info.prompt_format == "chat":
+        # compile and render the template once here, so `llmtune validate` finds a broken one before training
+        try:
+            render_chat(tokenizer, [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
+                        add_generation_prompt=False)
+        except Exception as e:  # jinja2 raises TemplateSyntaxError, UndefinedError, TypeError...
+            key = "data.template" if d.template is not None else f"the chat template of {recipe.model.name}"
+            raise LlmtuneError(f"{recipe.source}: {key} does not render a conversation: "
+                               f"{type(e).__name__}: {str(e).splitlines()[0][:160]}") from None
     return info
 
 

@@ -253,6 +253,12 @@ def setup(recipe: Recipe, splits: dict[str, Split], tokenizer: Any) -> Info:
     f = _fields(recipe, eval_split.dataset.column_names, eval_split)
     cfg = model_config(recipe)
     kind = cfg.get("model_type")
+    from llmtune.models import BERT2BERT_ALIAS
+
+    if cfg and not cfg.get("is_encoder_decoder") and recipe.model.name != BERT2BERT_ALIAS:
+        raise LlmtuneError(f"{recipe.source}: model.name {recipe.model.name} is a {kind or 'decoder-only'} model "
+                           f"without a decoder over an encoder; {recipe.task} needs an encoder-decoder (T5, BART, "
+                           "Marian...), or use task causal_lm for a decoder")
     names = metric_names(recipe)
     refs = [references(v, f["target_key"]) for v in eval_split.dataset[f["target_column"]]]
     signatures = {name: metrics_mod.signature(name, refs) for name in names}
