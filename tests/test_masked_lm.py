@@ -196,6 +196,10 @@ def test_end_to_end_predict_eval_and_chain(tiny_bert: Path, tmp_path: Path, text
     assert cands[0]["sequence"].startswith("the river") and cands[0]["sequence"].endswith("runs past the mill.")
     assert "[MASK]" not in cands[0]["sequence"] and cands[0]["token"].lstrip("#") in cands[0]["sequence"]
 
+    (tmp_path / "bad.txt").write_text("a slot [MASK] here\nno slot at all\n", encoding="utf-8")
+    res = run_cli("predict", out, "--input", tmp_path / "bad.txt")
+    assert res.exit_code == 2 and "line 2" in res.output and "no [MASK] in the text" in res.output, res.output
+
     # the masked-LM run is the encoder of a classifier: its weights load, the head is new
     clf = AutoModelForSequenceClassification.from_pretrained(out, num_labels=2)
     mlm_weights = load_file(out / "model.safetensors")
