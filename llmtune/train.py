@@ -523,6 +523,8 @@ def train(run: Run) -> None:
             # from the global RNG) keeps the dropout stream of a resumed run identical to an uninterrupted one.
             run.sampler.set_position(epoch, skip=state.batches_in_epoch)
             for batch in run.train_loader:
+                # per-row counts a collator may add for padding-free layouts: counted here, not model inputs
+                counts = {k: batch.pop(k) for k in ("n_tokens", "n_examples") if k in batch}
                 with acc.accumulate(model):
                     loss = loss_of(model, batch)
                     acc.backward(loss)
@@ -547,7 +549,7 @@ def train(run: Run) -> None:
                     run.scheduler.step()
                     run.optimizer.zero_grad()
                 state.batches_in_epoch += 1
-                bsz, tokens = _batch_size_and_tokens(batch)
+                bsz, tokens = _batch_size_and_tokens(batch, counts)
                 tok_acc += tokens
                 # each process sees its slice of the global batch; every slice has the same size but the last
                 window_samples += bsz * run.processes
@@ -606,8 +608,11 @@ def train(run: Run) -> None:
         run.final_checkpoint = run.out / f"checkpoint-{state.global_step}"
 
 
-def _batch_size_and_tokens(batch: dict[str, Any]) -> tuple[int, Any]:
-    """Examples and real (non-pad) tokens of a batch: a packed row's examples start where position ids restart."""
+def _batch_size_and_tokens(batch: dict[str, Any], counts: dict[str, Any]) -> tuple[int, Any]:
+    """Examples and real (non-pad) tokens of a batch: the collator's own counts where it gives them, else the
+    attention mask, else a packed row's examples start where position ids restart."""
+    if "n_tokens" in counts and "n_examples" in counts:
+        return int(counts["n_examples"].sum()), counts["n_tokens"].sum()
     if "attention_mask" in batch:
         return batch["input_ids"].shape[0], batch["attention_mask"].sum()
     pos = batch.get("position_ids")

@@ -133,10 +133,17 @@ def test_packed_loss_equals_unpacked(tiny_llama: Path, tmp_path: Path) -> None:
     collate = clm.collator(recipe, tok, model)
     packed = collate(feats)
     padded = clm.CausalCollator(tok.pad_token_id, packing=False)(feats)
-    assert packed["input_ids"].shape == (1, sum(len(f["input_ids"]) for f in feats))
-    # logits only where an answer token is predicted: fewer than the row's positions, one per learnt label
+    total = sum(len(f["input_ids"]) for f in feats)
+    # rows of at most max_seq_length tokens (96 here: the 4 examples take 3 rows), every token once
+    assert packed["input_ids"].shape[0] > 1 and packed["input_ids"].shape[1] <= recipe.train.max_seq_length
+    assert int(packed.pop("n_tokens").sum()) == total and int(packed.pop("n_examples").sum()) == len(feats)
+    # logits only where an answer token is predicted in some row: one learnt label per kept position and row
     n_learnt = sum(sum(1 for x in f["labels"] if x != -100) for f in feats)
-    assert packed["logits_to_keep"].shape == (n_learnt,) and packed["shift_labels"].shape == (1, n_learnt)
+    assert packed["logits_to_keep"].shape[0] < packed["input_ids"].shape[1]
+    assert int((packed["shift_labels"] != -100).sum()) == n_learnt
+    # without a row budget the whole batch is one row
+    one = clm.CausalCollator(tok.pad_token_id, packing=True, keep_logits=True)(feats)
+    assert one["input_ids"].shape == (1, total) and one["logits_to_keep"].shape == (n_learnt,)
 
     def loss_and_grads(batch: dict[str, Any]) -> tuple[float, list[Any]]:
         model.zero_grad()
@@ -154,8 +161,25 @@ def test_packed_loss_equals_unpacked(tiny_llama: Path, tmp_path: Path) -> None:
     assert abs(lf - lp) < 1e-5
     assert max(float((a - b).abs().max()) for a, b in zip(gp, gf, strict=True)) < 1e-5
     # control: the same row without restarting positions lets examples attend to each other
-    flat = {k: v for k, v in full.items() if k != "position_ids"}
+    flat = {k: v for k, v in one.items() if k in ("input_ids", "labels")}
     assert abs(float(model(**flat).loss) - lu) > 1e-3
+
+
+def test_packed_attention_grows_linearly_with_examples() -> None:
+    """Examples of a fixed length: packed rows grow in number, not in width, so the attention mask (rows x width
+    x width) grows linearly with the examples, where one row of the whole batch would grow quadratically."""
+    feats = [{"input_ids": list(range(1, 41)), "labels": [-100] + list(range(2, 41))} for _ in range(16)]
+    collate = clm.CausalCollator(0, packing=True, max_length=96)
+    sizes = []
+    for n in (4, 8, 16):
+        b = collate(feats[:n])
+        rows, width = b["input_ids"].shape
+        assert width <= 96 and int(b["n_tokens"].sum()) == 40 * n
+        sizes.append(rows * width * width)
+    assert sizes[1] == 2 * sizes[0] and sizes[2] == 2 * sizes[1]
+    # padding continues the last example's positions: no new example starts in it
+    b = collate(feats[:3])
+    assert int((b["position_ids"] == 0).sum()) == 3 and int(b["n_examples"].sum()) == 3
 
 
 def test_finetune_generate_merge(tiny_llama: Path, tmp_path: Path, cli) -> None:
