@@ -5,7 +5,8 @@ Three kinds of pair, each with an answer that does what the prompt asks and one 
   - on topic vs off topic: "Name three fruits." -> three fruits vs three tools
   - format: "Answer with one word: what is the opposite of hot?" -> "Cold." vs a long sentence
   - instruction: "Repeat in capital letters: good morning" -> "GOOD MORNING" vs the phrase unchanged
-Eval prompts use items and phrases that train prompts do not (held-out combinations and words).
+Eval format and capitals prompts use words and phrases train never has; eval topic answers each name an item
+train never uses (the eight categories, and so the topic prompts, are shared).
 
     python scripts/make_preference_dataset.py
 """
