@@ -244,7 +244,8 @@ def setup(recipe: Recipe, splits: dict[str, Split], tokenizer: Any) -> Info:
     template = clm.resolve_template(recipe.data.template)
     if template is not None:
         tokenizer.chat_template = template  # saved with the run's tokenizer: generation renders as training did
-    info.format = info.prompt_format = _layout(recipe, splits["train"], tokenizer)
+    # `llmtune eval` on a base model loads no train split: any split shows the rows' layout
+    info.format = info.prompt_format = _layout(recipe, splits.get("train") or next(iter(splits.values())), tokenizer)
     return info
 
 
