@@ -72,16 +72,21 @@ def _ci(name: str, preds: list[Any], refs: list[Any], bootstrap: int, seed: int)
 
 
 def _with_intervals(metrics: dict[str, float], records: list[dict[str, Any]], names: list[str] | None,
-                    bootstrap: int, seed: int, task: str, scheme: str | None = None) -> dict[str, dict[str, Any]]:
-    """The task's own metric values, with bootstrap intervals from the per-example records where possible
-    (`scheme`: the seqeval scheme tag sequences were scored with)."""
+                    bootstrap: int, seed: int, recipe: Recipe) -> dict[str, dict[str, Any]]:
+    """The task's own metric values, with bootstrap intervals: the task's `intervals` hook where it has one, else
+    from the per-example records where they hold labels or references."""
     n = len(records)
+    task = tasks.get(recipe.task)
     out = {k: {"value": v, "ci_low": None, "ci_high": None, "n": n} for k, v in metrics.items()}
-    labelled = [r for r in records if "label" in r]
-    if labelled and len(labelled) == n:
+    hook = getattr(task, "intervals", None)
+    if hook is not None:
+        if bootstrap and records:
+            for key, (low, high) in hook(recipe, records, bootstrap, seed).items():
+                if key in out:
+                    out[key].update(ci_low=low, ci_high=high)
+    elif records and all("label" in r for r in records):
         preds, refs = [r["prediction"] for r in records], [r["label"] for r in records]
-        wanted = names or ["accuracy", "f1"]
-        for name in wanted:
+        for name in names or ["accuracy", "f1"]:
             if name in ("accuracy", "f1"):
                 out.update(_ci(name, preds, refs, bootstrap, seed))
     elif records and "references" in records[0]:
@@ -91,14 +96,7 @@ def _with_intervals(metrics: dict[str, float], records: list[dict[str, Any]], na
             if name in ("perplexity", "loss"):
                 continue
             out.update(_ci(name, preds, refs, bootstrap, seed))
-    elif bootstrap and records and all("tags" in r and "predicted_tags" in r for r in records):
-        from llmtune import metrics as M
-
-        stats = M.prepare_seqeval([r["predicted_tags"] for r in records], [r["tags"] for r in records], scheme)
-        for key, (low, high) in M.confidence_interval(stats, bootstrap, seed).items():
-            if key in out:
-                out[key].update(ci_low=low, ci_high=high)
-    if tasks.get(task).TOKEN_LEVEL_LOSS and "loss" in metrics and "perplexity" not in out:
+    if task.TOKEN_LEVEL_LOSS and "loss" in metrics and "perplexity" not in out:
         out["perplexity"] = {"value": math.exp(min(metrics["loss"], 50.0)), "ci_low": None, "ci_high": None, "n": n}
     return out
 
@@ -155,9 +153,7 @@ def evaluate_model(model_arg: str, recipe: Recipe, split: str, names: list[str] 
     ctx = tasks.EvalContext(model=model, loader=loader, accelerator=accelerator, recipe=recipe, tokenizer=tokenizer,
                             info=info, split=target)
     metrics, records = evaluate(task, ctx)  # fp32, as in a run's own eval, even where an Accelerator chose bf16
-    scheme = getattr(recipe.eval, "seqeval_scheme", None)
-    return Setting(f"fine-tuned {model_arg}", _with_intervals(metrics, records, names, bootstrap, seed, recipe.task,
-                                                              scheme), records)
+    return Setting(f"fine-tuned {model_arg}", _with_intervals(metrics, records, names, bootstrap, seed, recipe), records)
 
 
 # ---- zero/few-shot prompting of a decoder --------------------------------------------------------------
@@ -276,7 +272,7 @@ def evaluate_shots(model_arg: str, model: Any, tokenizer: Any, recipe: Recipe, s
         for name in names or task.prompt_spec(recipe).metrics:
             metrics.update(M.compute(name, preds, refs))
     label = f"{k}-shot {model_arg}"
-    return Setting(label, _with_intervals(metrics, records, names, bootstrap, seed, recipe.task), records)
+    return Setting(label, _with_intervals(metrics, records, names, bootstrap, seed, recipe), records)
 
 
 # ---- orchestration ----------------------------------------------------------------------------------------
@@ -288,6 +284,8 @@ def run_eval(model: str, recipe_arg: str | None, overrides: list[str], split: st
     """Evaluate `model` (fine-tuned run/folder, or a decoder prompted with each of `shots`) and every
     `finetuned` run on the same split; write results.json and predictions.jsonl; return the results."""
     t0 = time.time()
+    if split not in SPLIT_NAMES:  # before any model or data is loaded
+        raise LlmtuneError(f"--split {split}: choose eval (validation), test or train")
     recipe = recipe_for(model if not shots else (finetuned[0] if finetuned and recipe_arg is None else model),
                         recipe_arg, overrides)
     settings: list[Setting] = []

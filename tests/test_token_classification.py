@@ -141,8 +141,8 @@ class _FakeTagger:
 def test_predict_offsets(tokenizer: Any) -> None:
     from llmtune.tasks import LoadedRun
 
-    run = LoadedRun(path=Path("."), task="token_classification", recipe=None, info=None,
-                    model=_FakeTagger(tokenizer), tokenizer=tokenizer, adapter=False)
+    run = LoadedRun(path=Path("."), task="token_classification", recipe=None, info=None, adapter=False,
+                    load=lambda: (_FakeTagger(tokenizer), tokenizer))
     rows = [{"text": "Yesterday Ann Lee flew to Paris, again."}, {"tokens": ["ann", "lee", "in", "paris"]},
             {"text": "   "}]
     out = tc.predict(run, rows, batch_size=2, field=None, pair_field=None)

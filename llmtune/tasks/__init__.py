@@ -179,8 +179,14 @@ class TaskModule(Protocol):
     def prompt_choices(self, recipe: Recipe, splits: dict[str, Split]) -> list[str] | None:
         """The answers to score by likelihood (class names), or None: the decoder generates its answer."""
 
-    # Optional hook, read with getattr: `loss(model, batch) -> Tensor`, the training objective. Without it the
-    # loop uses model(**batch).loss. Contrastive or preference objectives define it.
+    # Optional hooks, read with getattr:
+    # - `loss(model, batch) -> Tensor`: the training objective. Without it the loop uses model(**batch).loss.
+    #   Contrastive or preference objectives define it.
+    # - `intervals(recipe, records, bootstrap, seed) -> {metric: (low, high)}`: bootstrap intervals for
+    #   `llmtune eval --model` from score()'s records. Without it they come from records holding `label` or
+    #   `references` (classification, text generation).
+    # - `Data.file_reader(suffix)` on the task's Data class: a reader for a file format of its own (CoNLL), or None
+    #   to leave the file to the usual parsers (see data.load_file).
 
 
 def get(task: str) -> TaskModule:

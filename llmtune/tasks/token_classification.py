@@ -545,3 +545,14 @@ def prompt_fields(recipe: Recipe, row: dict[str, Any]) -> tuple[str, str]:
 
 def prompt_choices(recipe: Recipe, splits: dict[str, Split]) -> list[str] | None:
     raise _no_prompting()
+
+
+def intervals(recipe: Recipe, records: list[dict[str, Any]], bootstrap: int, seed: int) -> dict[str, tuple[float, float]]:
+    """Bootstrap intervals of the entity scores over sentences (`llmtune eval --model`), in the run's scheme."""
+    from llmtune import metrics as M
+
+    if not all("tags" in r and "predicted_tags" in r for r in records):
+        return {}
+    stats = M.prepare_seqeval([r["predicted_tags"] for r in records], [r["tags"] for r in records],
+                              _scheme(recipe))
+    return dict(M.confidence_interval(stats, bootstrap, seed))
