@@ -8,8 +8,9 @@ Every folder of bad_inputs/ is one case: its files (recipe, data, fake models an
     skip_if_cuda: true                     # optional: the case is only bad on a machine without CUDA
     xfail: "why"                           # optional: a known bug, xfail(strict=True) until fixed
 
-`{tiny_bert}` in the arguments or in a .yaml file is replaced by the tiny BERT fixture's folder, so no case
-touches the network. Paths in the recipes are relative: the command runs with the copied folder as its cwd.
+`{tiny_bert}` (`{tiny_t5}`, `{tiny_llama}`) in the arguments or in a .yaml file is replaced by that tiny model
+fixture's folder, so no case touches the network.
+Paths in the recipes are relative: the command runs with the copied folder as its cwd.
 The test checks exit code 2, exactly one line on stderr, the expected substrings, no traceback, and that
 nothing in the folder was written, changed or removed.
 """
@@ -27,6 +28,7 @@ from conftest import NEGATIVE, POSITIVE, run_cli, tiny_recipe, write_jsonl
 
 CORPUS = Path(__file__).resolve().parent / "bad_inputs"
 PLACEHOLDER = "{tiny_bert}"
+MODELS = ("tiny_bert", "tiny_t5", "tiny_llama")  # {name} placeholders, each the conftest fixture of that name
 
 
 def _load_cases() -> list[Any]:
@@ -67,12 +69,14 @@ def prepare(name: str, spec: dict[str, Any], dest: Path, request: pytest.Fixture
         (dest / dst).parent.mkdir(parents=True, exist_ok=True)
         (dest / src).rename(dest / dst)
     args = [str(a) for a in spec["args"]]
-    yamls = [p for p in dest.rglob("*.yaml") if PLACEHOLDER.encode() in p.read_bytes()]
-    if yamls or any(PLACEHOLDER in a for a in args):
-        tiny = str(request.getfixturevalue("tiny_bert"))
-        args = [a.replace(PLACEHOLDER, tiny) for a in args]
-        for p in yamls:
-            p.write_bytes(p.read_bytes().replace(PLACEHOLDER.encode(), tiny.encode()))
+    for fixture in MODELS:
+        mark = "{" + fixture + "}"
+        yamls = [p for p in dest.rglob("*.yaml") if mark.encode() in p.read_bytes()]
+        if yamls or any(mark in a for a in args):
+            tiny = str(request.getfixturevalue(fixture))
+            args = [a.replace(mark, tiny) for a in args]
+            for p in yamls:
+                p.write_bytes(p.read_bytes().replace(mark.encode(), tiny.encode()))
     return args
 
 
