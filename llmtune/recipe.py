@@ -299,6 +299,8 @@ def check_recipe(r: Recipe) -> None:
         raise LlmtuneError(f"{s}: lora.load_in_4bit (QLoRA) needs LoRA; set lora.enabled=true")
     if r.lora.r < 1:
         raise LlmtuneError(f"{s}: lora.r must be at least 1, got {r.lora.r}")
+    if r.lora.alpha <= 0:
+        raise LlmtuneError(f"{s}: lora.alpha must be > 0, got {r.lora.alpha}")
     if not 0 <= r.lora.dropout < 1:
         raise LlmtuneError(f"{s}: lora.dropout must be in [0, 1), got {r.lora.dropout}")
     g = r.generation
@@ -308,6 +310,15 @@ def check_recipe(r: Recipe) -> None:
         raise LlmtuneError(f"{s}: generation.temperature must be > 0 when generation.do_sample=true")
     if not 0 < g.top_p <= 1:
         raise LlmtuneError(f"{s}: generation.top_p must be in (0, 1], got {g.top_p}")
+    if g.top_k < 0 or g.no_repeat_ngram_size < 0:
+        key = "top_k" if g.top_k < 0 else "no_repeat_ngram_size"
+        raise LlmtuneError(f"{s}: generation.{key} cannot be negative (0 turns it off), got {getattr(g, key)}")
+    if g.repetition_penalty <= 0:
+        raise LlmtuneError(f"{s}: generation.repetition_penalty must be > 0 (1.0 is no penalty), "
+                           f"got {g.repetition_penalty}")
+    if r.eval.bootstrap < 0:
+        raise LlmtuneError(f"{s}: eval.bootstrap cannot be negative (0 turns the confidence intervals off), "
+                           f"got {r.eval.bootstrap}")
     if t.resume_from_checkpoint is True:
         t.resume_from_checkpoint = "auto"
 

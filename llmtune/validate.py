@@ -19,6 +19,10 @@ def check_data(recipe: Recipe) -> list[str]:
         out = Path(recipe.train.output_dir)
         runs.check_output_dir(out, recipe.train.overwrite_output_dir,
                               resume=recipe.train.resume_from_checkpoint not in (False, "false") and bool(runs.checkpoints(out)))
+        if recipe.train.resume_from_checkpoint not in ("auto", False, "false"):  # a named checkpoint must be one
+            from llmtune.train import _resolve_resume
+
+            _resolve_resume(recipe, out)
     task = tasks.get(recipe.task)
     resolved = resolve(recipe.model)
     check_positions(recipe.train.max_seq_length, resolved)

@@ -56,6 +56,9 @@ class Info:
 
 def check_recipe(recipe: Recipe) -> None:
     d = recipe.data
+    if d.label_names is not None and len(d.label_names) < 2:
+        raise LlmtuneError(f"{recipe.source}: data.label_names needs at least two classes, got {d.label_names} "
+                           "(or leave it out to take the classes from the data)")
     if d.label_names is not None and len(set(d.label_names)) != len(d.label_names):
         raise LlmtuneError(f"{recipe.source}: data.label_names has duplicates: {d.label_names}")
 
