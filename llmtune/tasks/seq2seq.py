@@ -160,6 +160,14 @@ def _describe(value: Any) -> str:
     return f"{kind} ({str(value)[:60]!r})"
 
 
+def _holds(value: Any, key: str | None) -> str:
+    """What a cell holds, for an error: a translation pair without the language asked for names the ones it has."""
+    if key is not None and isinstance(value, dict) and value.get(key) is None:
+        have = [k for k, v in value.items() if v is not None]
+        return f"no '{key}' text (it has: {', '.join(have) or 'nothing'})"
+    return _describe(_cell(value, key))
+
+
 def validate(recipe: Recipe, split: Split) -> None:
     names = split.dataset.column_names
     f = _fields(recipe, names, split)
@@ -171,7 +179,7 @@ def validate(recipe: Recipe, split: Split) -> None:
         text = source_text(value, f["source_key"])
         if text is None:
             raise LlmtuneError(f"{split.origin}: row {i + 1}: source column '{src}' ({src_key}) holds "
-                               f"{_describe(_cell(value, f['source_key']))}, expected text or a list of texts")
+                               f"{_holds(value, f['source_key'])}, expected text or a list of texts")
         if not text.strip():
             raise LlmtuneError(f"{split.origin}: row {i + 1}: source column '{src}' ({src_key}) is an empty text")
     if split.name == "test" and (tgt is None or tgt not in names):
@@ -183,7 +191,7 @@ def validate(recipe: Recipe, split: Split) -> None:
         ok = isinstance(cell, str) or (isinstance(cell, list) and len(refs) == len(cell))
         if not ok or not refs:
             raise LlmtuneError(f"{split.origin}: row {i + 1}: target column '{tgt}' ({tgt_key}) holds "
-                               f"{_describe(cell)}, expected a text or a list of reference texts")
+                               f"{_holds(value, f['target_key'])}, expected a text or a list of reference texts")
         for r in refs:
             if not r.strip():
                 raise LlmtuneError(f"{split.origin}: row {i + 1}: target column '{tgt}' ({tgt_key}) has an empty "
