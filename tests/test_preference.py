@@ -197,6 +197,8 @@ def test_finetune_eval_generate_through_the_cli(tiny_llama: Path, tmp_path: Path
     (metrics,) = scored.values()
     for name in names:
         assert math.isclose(metrics[name]["value"], results[f"eval_{name}"], rel_tol=1e-9, abs_tol=1e-12), name
+        m = metrics[name]  # bootstrap interval over pairs (the task's intervals hook)
+        assert m["ci_low"] - 1e-9 <= m["value"] <= m["ci_high"] + 1e-9, name
     res = cli("generate", out, "--prompt", "Name a fruit.", "--max-new-tokens", "3")
     assert res.exit_code == 0, res.output
 

@@ -611,6 +611,29 @@ def score(ctx: EvalContext, outputs: dict[str, Any]) -> tuple[dict[str, float], 
     return metrics, records
 
 
+def intervals(recipe: Recipe, records: list[dict[str, Any]], bootstrap: int, seed: int
+              ) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap intervals (95%) over pairs of the per-pair means (`llmtune eval --model`); ORPO's loss
+    has none (its NLL term is a token mean over the whole split)."""
+    import numpy as np
+
+    if not bootstrap or not records or not all("correct" in r for r in records):
+        return {}
+    cols = {"rewards/chosen": "reward_chosen", "rewards/rejected": "reward_rejected", "rewards/accuracies": "correct",
+            "logps/chosen": "logps_chosen", "logps/rejected": "logps_rejected"}
+    values = {m: np.array([r[f] for r in records], dtype=np.float64) for m, f in cols.items()}
+    values["rewards/margins"] = values["rewards/chosen"] - values["rewards/rejected"]
+    if settings(recipe).loss != "orpo":
+        values["loss"] = np.array([r["loss"] for r in records], dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(records), size=(bootstrap, len(records)))
+    out = {}
+    for name, v in values.items():
+        low, high = np.quantile(v[picks].mean(axis=1), [0.025, 0.975])
+        out[name] = (float(low), float(high))
+    return out
+
+
 # ---- a finished run: causal_lm's loading, generation and prediction ---------------------------------------
 
 
