@@ -158,6 +158,9 @@ def test_end_to_end_predict_eval_and_chain(tiny_bert: Path, tmp_path: Path, text
     from safetensors.torch import load_file
     from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification
 
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="llmtune")  # an earlier in-process benchmark run quietens it
     out = tmp_path / "mlm"
     res = run_cli("finetune", _mlm_recipe(tmp_path / "r.yaml", tiny_bert, *text_files, out))
     assert res.exit_code == 0, res.output

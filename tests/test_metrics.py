@@ -286,7 +286,7 @@ def test_exact_match_options() -> None:
 
 
 def test_registry_and_compute() -> None:
-    assert set(M.METRICS) == {"rouge", "bleu", "chrf", "ter", "accuracy", "f1", "exact_match"}
+    assert set(M.METRICS) == {"rouge", "bleu", "chrf", "ter", "accuracy", "f1", "exact_match", "seqeval"}
     assert not M.METRICS["ter"].higher_is_better
     with pytest.raises(ValueError, match="unknown metric 'bluer'"):
         M.compute("bluer", ["a"], ["a"])

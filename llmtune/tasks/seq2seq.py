@@ -216,6 +216,13 @@ def model_config(recipe: Recipe) -> dict[str, Any]:
         return {}
 
 
+def _is_seq2seq_type(model_type: str) -> bool:
+    """Whether transformers has an AutoModelForSeq2SeqLM class for this model type."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES
+
+    return model_type in MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES
+
+
 def decoder_start(configured: int | None, tokenizer: Any) -> int | None:
     """The model's decoder start token; encoders turned into decoders (BERT) have none: use BOS, else CLS, else PAD."""
     if configured is not None:
@@ -263,7 +270,8 @@ def setup(recipe: Recipe, splits: dict[str, Split], tokenizer: Any) -> Info:
     kind = cfg.get("model_type")
     from llmtune.models import BERT2BERT_ALIAS
 
-    if cfg and not cfg.get("is_encoder_decoder") and recipe.model.name != BERT2BERT_ALIAS:
+    if cfg and kind and not cfg.get("is_encoder_decoder") and recipe.model.name != BERT2BERT_ALIAS \
+            and not _is_seq2seq_type(kind):
         raise LlmtuneError(f"{recipe.source}: model.name {recipe.model.name} is a {kind or 'decoder-only'} model "
                            f"without a decoder over an encoder; {recipe.task} needs an encoder-decoder (T5, BART, "
                            "Marian...), or use task causal_lm for a decoder")
