@@ -155,10 +155,10 @@ def text_files(tmp_path: Path) -> tuple[Path, Path]:
 
 def test_end_to_end_predict_eval_and_chain(tiny_bert: Path, tmp_path: Path, text_files: tuple[Path, Path],
                                            sentiment_files: tuple[Path, Path], caplog: Any) -> None:
+    import logging
+
     from safetensors.torch import load_file
     from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification
-
-    import logging
 
     caplog.set_level(logging.WARNING, logger="llmtune")  # an earlier in-process benchmark run quietens it
     out = tmp_path / "mlm"
