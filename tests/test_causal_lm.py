@@ -115,7 +115,9 @@ def test_labels_mask_the_prompt_literal(tiny_llama: Path) -> None:
 def test_packed_loss_equals_unpacked(tiny_llama: Path, tmp_path: Path) -> None:
     import torch
 
-    # train mode as in the loop; no LoRA dropout, so two forwards are comparable
+    # train mode as in the loop; no LoRA dropout, so two forwards are comparable; seeded first, so the adapters'
+    # initial A matrices (and the numbers below) do not depend on which tests ran before
+    torch.manual_seed(0)
     recipe, tok, model = load_parts(tiny_llama, tmp_path, data__packing=True, lora__dropout=0.0)
     assert model.training and model.config.use_cache is False
     torch.manual_seed(1)
@@ -162,7 +164,7 @@ def test_packed_loss_equals_unpacked(tiny_llama: Path, tmp_path: Path) -> None:
     assert max(float((a - b).abs().max()) for a, b in zip(gp, gf, strict=True)) < 1e-5
     # control: the same row without restarting positions lets examples attend to each other
     flat = {k: v for k, v in one.items() if k in ("input_ids", "labels")}
-    assert abs(float(model(**flat).loss) - lu) > 1e-3
+    assert abs(float(model(**flat).loss) - lu) > 2e-4  # well above the 1e-5 of equal computations
 
 
 def test_packed_attention_grows_linearly_with_examples() -> None:
