@@ -419,10 +419,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-deps", nargs="*", default=[], help="packages `make install` installs with --no-deps")
     args = parser.parse_args(argv)
     if args.command == "lock":
-        print(lock(args.output, args.torch_version, tuple(args.no_deps)))
+        sys.stdout.write(f"{lock(args.output, args.torch_version, tuple(args.no_deps))}\n")
         return 0
     result = compare_installed()
-    print(result["summary"])
+    sys.stdout.write(result["summary"] + "\n")
     return 0 if result["matches"] else 1
 
 
