@@ -74,23 +74,26 @@ def _ci(name: str, preds: list[Any], refs: list[Any], bootstrap: int, seed: int)
 def _with_intervals(metrics: dict[str, float], records: list[dict[str, Any]], names: list[str] | None,
                     bootstrap: int, seed: int, recipe: Recipe) -> dict[str, dict[str, Any]]:
     """The task's own metric values, with bootstrap intervals: the task's `intervals` hook where it has one, else
-    from the per-example records where they hold labels or references."""
+    from the per-example records where they hold a `prediction` and its `label` or `references` (`reference`:
+    one text); the loss (and perplexity) from records' per-example `loss` (and `n_tokens`, for a token mean)."""
     n = len(records)
     task = tasks.get(recipe.task)
     out = {k: {"value": v, "ci_low": None, "ci_high": None, "n": n} for k, v in metrics.items()}
     hook = getattr(task, "intervals", None)
+    predicted = bool(records) and all("prediction" in r for r in records)
     if hook is not None:
         if bootstrap and records:
             for key, (low, high) in hook(recipe, records, bootstrap, seed).items():
                 if key in out:
                     out[key].update(ci_low=low, ci_high=high)
-    elif records and all("label" in r for r in records):
+    elif predicted and all("label" in r for r in records):
         preds, refs = [r["prediction"] for r in records], [r["label"] for r in records]
         for name in names or ["accuracy", "f1"]:
             if name in ("accuracy", "f1"):
                 out.update(_ci(name, preds, refs, bootstrap, seed))
-    elif records and "references" in records[0]:
-        preds, refs = [r["prediction"] for r in records], [r["references"] for r in records]
+    elif predicted and all("references" in r or "reference" in r for r in records):
+        preds = [r["prediction"] for r in records]
+        refs = [r["references"] if "references" in r else [r["reference"]] for r in records]
         wanted = names or [m for m in ("rouge", "bleu", "chrf", "exact_match") if any(k.startswith(m) for k in metrics)]
         for name in wanted:
             if name in ("perplexity", "loss"):
@@ -98,7 +101,26 @@ def _with_intervals(metrics: dict[str, float], records: list[dict[str, Any]], na
             out.update(_ci(name, preds, refs, bootstrap, seed))
     if task.TOKEN_LEVEL_LOSS and "loss" in metrics and "perplexity" not in out:
         out["perplexity"] = {"value": math.exp(min(metrics["loss"], 50.0)), "ci_low": None, "ci_high": None, "n": n}
+    if bootstrap and "loss" in out and out["loss"]["ci_low"] is None:
+        _loss_interval(out, records, task.TOKEN_LEVEL_LOSS, bootstrap, seed)
     return out
+
+
+def _loss_interval(out: dict[str, dict[str, Any]], records: list[dict[str, Any]], token_level: bool, bootstrap: int,
+                   seed: int) -> None:
+    """Bootstrap intervals of the loss (and perplexity) over examples from the records' per-example `loss`
+    (weighted by `n_tokens` where the loss is a token mean), set only where they reproduce the split's loss."""
+    from llmtune import metrics as M
+
+    rows = [r for r in records if r.get("loss") is not None]
+    if not rows or (token_level and not all(r.get("n_tokens") for r in rows)):
+        return
+    stats = M.prepare_loss([r["loss"] for r in rows], [r["n_tokens"] for r in rows] if token_level else None,
+                           perplexity="perplexity" in out)
+    if not math.isclose(stats.values["loss"], out["loss"]["value"], rel_tol=1e-5, abs_tol=1e-9):
+        return  # the records' losses are another quantity than the split's (ORPO's, say)
+    for key, (low, high) in M.confidence_interval(stats, bootstrap, seed).items():
+        out[key].update(ci_low=low, ci_high=high)
 
 
 def _is_model_folder(path: Path) -> bool:

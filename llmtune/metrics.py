@@ -463,6 +463,32 @@ def _prepare_accuracy(predictions: Sequence[Hashable], references: Sequence[Hash
     return _mean_stats("accuracy", rows, ["accuracy"])
 
 
+def prepare_loss(losses: Sequence[float], weights: Sequence[float] | None = None,
+                 perplexity: bool = False) -> MetricStats:
+    """A split's mean loss from per-example losses, for `confidence_interval`: weighted by `weights` (each example's
+    target tokens, where the loss is a token mean: every token counts once, as in the split's own loss), so a
+    resample is the ratio sum(w * loss) / sum(w) over its examples. `perplexity` adds exp(loss)."""
+    loss = np.asarray(losses, dtype=np.float64)
+    w = np.ones_like(loss) if weights is None else np.asarray(weights, dtype=np.float64)
+    if loss.shape != w.shape or not len(loss) or (w <= 0).any():
+        raise ValueError("prepare_loss needs one positive weight per loss, and at least one loss")
+    num = loss * w
+    keys = ["loss", "perplexity"] if perplexity else ["loss"]
+
+    def with_perplexity(mean: np.ndarray) -> dict[str, np.ndarray]:
+        out = {"loss": mean}
+        if perplexity:
+            out["perplexity"] = np.exp(np.minimum(mean, 700.0))
+        return out
+
+    def resample(counts: np.ndarray) -> dict[str, np.ndarray]:
+        return with_perplexity((counts @ num) / (counts @ w))
+
+    mean = math.fsum(num) / math.fsum(w)
+    values = {k: float(v[0]) for k, v in with_perplexity(np.array([mean])).items()}
+    return MetricStats("loss", {k: values[k] for k in keys}, len(loss), resample)
+
+
 def _prepare_classification(predictions: Sequence[Hashable], references: Sequence[Hashable]) -> MetricStats:
     n = _check_lengths(predictions, references)
     true, pred, n_labels = _label_indices(predictions, references)

@@ -586,12 +586,16 @@ def score(ctx: EvalContext, outputs: dict[str, Any]) -> tuple[dict[str, float], 
     d = ctx.recipe.data
     rows = ctx.split.dataset
     per_row = [float(s / c) if c > 0 else None for s, c in zip(sums_t.tolist(), counts_t.tolist(), strict=True)]
+    # n_tokens weighs each row's mean in llmtune eval's interval of the token-weighted loss
+    counts = [int(c) for c in counts_t.tolist()]
     if d.format == "text":
-        records = [{"text": as_text(t), "loss": x} for t, x in zip(rows[d.text_column], per_row, strict=True)]
+        records = [{"text": as_text(t), "loss": x, "n_tokens": c}
+                   for t, x, c in zip(rows[d.text_column], per_row, counts, strict=True)]
         return metrics, records
     prompt_format = ctx.info.prompt_format or "chat"
     prompts, refs, shown = _eval_prompts(ctx.recipe, ctx.tokenizer, ctx.split, prompt_format)
-    records = [{**s, "reference": r, "loss": x} for s, r, x in zip(shown, refs, per_row, strict=True)]
+    records = [{**s, "reference": r, "loss": x, "n_tokens": c}
+               for s, r, x, c in zip(shown, refs, per_row, counts, strict=True)]
     if ctx.recipe.generate_in_eval:
         from llmtune import metrics as metrics_mod
         from llmtune.generate import generate_texts

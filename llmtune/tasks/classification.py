@@ -206,8 +206,10 @@ def score(ctx: EvalContext, outputs: dict[str, Any]) -> tuple[dict[str, float], 
     preds = probs.argmax(-1)
     names = ctx.info.label_names
     metrics: dict[str, float] = {}
+    losses = None
     if bool((labels_t >= 0).all()):
-        metrics["loss"] = float(torch.nn.functional.cross_entropy(logits_t, labels_t))
+        losses = torch.nn.functional.cross_entropy(logits_t, labels_t, reduction="none")
+        metrics["loss"] = float(losses.mean())
         metrics.update(classification_metrics(preds.tolist(), labels_t.tolist()))
     d = ctx.recipe.data
     rows = ctx.split.dataset
@@ -222,6 +224,8 @@ def score(ctx: EvalContext, outputs: dict[str, Any]) -> tuple[dict[str, float], 
             rec["label"] = names[int(labels_t[i])]
         rec["prediction"] = names[int(preds[i])]
         rec["probabilities"] = {n: round(float(p), 6) for n, p in zip(names, probs[i], strict=True)}
+        if losses is not None:  # per-example cross-entropy: llmtune eval's interval of the loss
+            rec["loss"] = float(losses[i])
         records.append(rec)
     return metrics, records
 

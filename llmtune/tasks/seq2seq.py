@@ -461,6 +461,11 @@ def score(ctx: EvalContext, outputs: dict[str, Any]) -> tuple[dict[str, float], 
         # token-weighted mean cross-entropy over all eval labels (each row once, however many processes)
         metrics["loss"] = float(outputs["nll"].sum()) / max(int(outputs["ntok"].sum()), 1)
     records: list[dict[str, Any]] = [{"source": s, "references": r} for s, r in zip(sources, refs, strict=True)]
+    if "nll" in outputs and len(outputs["nll"]) == len(records):
+        # per-row mean and token count: llmtune eval's interval of the token-weighted loss
+        for rec, nll, ntok in zip(records, outputs["nll"].tolist(), outputs["ntok"].tolist(), strict=True):
+            if ntok > 0:
+                rec.update(loss=nll / ntok, n_tokens=int(ntok))
     if not recipe.generate_in_eval:
         return metrics, records
     prefix = info.source_prefix
