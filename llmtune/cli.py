@@ -80,6 +80,8 @@ def handle_errors(fn: Any) -> Any:
             if DEBUG["on"]:
                 raise
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            if os.environ.get("RANK", "0") != "0":  # the main process (or, if it was first, the launcher) says it
+                raise typer.Exit(1) from None
             err_console.print(f"[bold red]internal error:[/] {type(e).__name__}: {escape(first)} "
                               "(run with --debug for the traceback)", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
@@ -110,10 +112,18 @@ def finetune(
         raise LlmtuneError(f"--num-processes must be at least 1, got {num_processes}")
     if num_processes > 1 and "LOCAL_RANK" not in os.environ:
         from llmtune.launch import launch
+        from llmtune.validate import check_data
 
-        _load(recipe, overrides)  # a bad recipe is said once, here, not by every process
+        check_data(_load(recipe, overrides))  # a bad recipe or data row is said once, here, not by every process
 
         raise typer.Exit(launch(["finetune", recipe, *(overrides or [])], num_processes, debug=DEBUG["on"]))
+    if "WORLD_SIZE" not in os.environ or os.environ["WORLD_SIZE"] == "1":
+        from llmtune.launch import processes_asked_of_launcher
+
+        asked = processes_asked_of_launcher()
+        if asked is not None and asked > 1:
+            raise LlmtuneError(f"accelerate launch was asked for {asked} processes but started 1 (without GPUs it "
+                               f"starts one); use llmtune finetune {recipe} --num-processes {asked}")
     r = _load(recipe, overrides)
     from llmtune.train import finetune as run
 

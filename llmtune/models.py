@@ -163,11 +163,27 @@ def load_model(model_cls: Any, args: ModelArgs, resolved: ResolvedModel | None =
         kw["use_safetensors"] = True  # a hub repo with only pickled weights is refused, not unpickled
     try:
         return model_cls.from_pretrained(resolved.path, **kw)
-    except OSError as e:
+    except Exception as e:  # safetensors, transformers and peft raise many types for a file they cannot read
+        damaged = damaged_weights(Path(resolved.path), e) if resolved.is_local else None
+        if damaged is not None:
+            raise damaged from e
+        if not isinstance(e, OSError):
+            raise
         if resolved.is_local:
             raise LlmtuneError(f"model.name '{args.name}': could not load the model from {resolved.path}: "
                                f"{str(e).splitlines()[0][:200]}") from e
         raise hub_error(args.name or "", e) from e
+
+
+def damaged_weights(path: Path, e: BaseException) -> LlmtuneError | None:
+    """A weights file that exists but cannot be read (truncated download, disk full during a copy)."""
+    text = f"{type(e).__name__}: {e}"
+    for name in ("model.safetensors", "adapter_model.safetensors"):
+        f = path / name
+        if f.is_file() and ("safetensor" in text.lower() or "header" in text.lower() or name in text):
+            why = "incomplete header" if "header" in text.lower() else str(e).splitlines()[0][:80]
+            return LlmtuneError(f"{f} is damaged ({why}): re-run or restore it")
+    return None
 
 
 def read_config(path: str | Path) -> dict[str, Any]:

@@ -426,17 +426,6 @@ def run_task(path: Path) -> tuple[str, dict[str, Any]]:
     return task, {}
 
 
-def _damaged(path: Path, e: BaseException) -> LlmtuneError | None:
-    """A weights file that exists but cannot be read (truncated download, disk full during a copy)."""
-    text = f"{type(e).__name__}: {e}"
-    for name in ("model.safetensors", "adapter_model.safetensors"):
-        f = path / name
-        if f.is_file() and ("safetensor" in text.lower() or "header" in text.lower() or name in text):
-            why = "incomplete header" if "header" in text.lower() else str(e).splitlines()[0][:80]
-            return LlmtuneError(f"{f} is damaged ({why}): re-run or restore it")
-    return None
-
-
 def load_run(path: Path | str, overrides: list[str] | None = None, recipe: Any = None) -> LoadedRun:
     """A run folder (or a plain model folder) ready to use: task, resolved recipe (with `section.key=value`
     overrides, or the `recipe` given), the task's info, model (eval mode, loaded on first use) and tokenizer.
@@ -459,7 +448,9 @@ def load_run(path: Path | str, overrides: list[str] | None = None, recipe: Any =
         except LlmtuneError:
             raise
         except Exception as e:  # transformers/peft/safetensors raise many types for a folder they cannot read
-            damaged = _damaged(path, e)
+            from llmtune.models import damaged_weights
+
+            damaged = damaged_weights(path, e)
             if damaged is not None:
                 raise damaged from e
             raise LlmtuneError(f"{path}: could not load the model: {str(e).strip().splitlines()[0][:200]}") from e

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -61,3 +62,60 @@ def test_two_processes_match_one(tmp_path: Path, tiny_bert_no_dropout: Path, sen
     # only the main process wrote: one log line per logging step, not two
     log = [json.loads(line) for line in (tmp_path / "two" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "loss" in r] == [2, 4, 6, 8]
+
+
+def test_an_error_in_the_processes_is_one_line(tmp_path: Path, tiny_bert: Path, sentiment_files) -> None:
+    """Weights are read by each process (the launcher's own checks do not load them): the main process says what
+    went wrong in one line, the other stays quiet, the launcher adds no traceback or logs; nothing is written."""
+    train, eval_ = sentiment_files
+    bad = tmp_path / "bad-model"
+    bad.mkdir()
+    for f in tiny_bert.iterdir():
+        (bad / f.name).write_bytes(f.read_bytes())
+    (bad / "model.safetensors").write_bytes((tiny_bert / "model.safetensors").read_bytes()[:1000])
+    recipe = tiny_recipe(tmp_path / "r.yaml", bad, train, eval_, tmp_path / "run", train__max_steps=2)
+    res = _finetune(recipe, "--num-processes", "2")
+    assert res.returncode == 2, res.stderr[-2000:]
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr[-3000:]
+    assert lines[0] == f"error: {bad / 'model.safetensors'} is damaged (incomplete header): re-run or restore it"
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_launcher_names_the_process_that_failed_first(tmp_path: Path) -> None:
+    """When a process other than the main one stops first (the main one then only sees its peer gone), the
+    launcher says which, in one line, with that process's exit code."""
+    script = tmp_path / "worker.py"
+    script.write_text("import os, sys, time\n"
+                      "if os.environ['RANK'] == '1':\n    sys.exit(3)\ntime.sleep(60)\n")
+    res = subprocess.run([sys.executable, "-m", "llmtune._launcher", "torchrun", "--nproc_per_node", "2",
+                          "--master_addr", "127.0.0.1", "--master_port", "0", str(script)],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 3, res.stderr[-2000:]
+    assert res.stderr.strip().splitlines() == [
+        "error: process 1 stopped first (exit code 3); run with llmtune --debug to see every process's traceback"]
+
+
+def test_a_launcher_that_started_fewer_processes_than_asked_is_seen(tmp_path: Path) -> None:
+    """`accelerate launch --num_processes 2` starts one process on a machine without GPUs: llmtune reads what its
+    launcher was asked (flag or config file) to say so instead of training alone."""
+    from llmtune.launch import processes_asked_of_launcher
+
+    config = tmp_path / "cfg.yaml"
+    config.write_text("num_processes: 4\n")
+    sleep = [sys.executable, "-c", "import time; time.sleep(30)"]
+    for args, expected in ((["accelerate", "launch", "--num_processes", "2", "-m", "llmtune"], 2),
+                           (["accelerate", "launch", "--num_processes=3", "-m", "llmtune"], 3),
+                           (["accelerate", "launch", "--config_file", str(config), "-m", "llmtune"], 4),
+                           (["accelerate", "launch", "-m", "llmtune"], None),
+                           (["torchrun", "--nproc_per_node", "2"], None)):
+        proc = subprocess.Popen([*sleep, *args])
+        try:
+            for _ in range(200):  # until the child has exec'd (before, /proc shows the forking parent's command)
+                if b"time.sleep" in Path(f"/proc/{proc.pid}/cmdline").read_bytes():
+                    break
+                time.sleep(0.01)
+            assert processes_asked_of_launcher(proc.pid) == expected, args
+        finally:
+            proc.kill()
+            proc.wait()
