@@ -86,7 +86,7 @@ def test_pairs_three_classes_integer_labels(tmp_path: Path, tiny_bert: Path, cli
     cfg = json.loads((tmp_path / "out" / "config.json").read_text())
     assert cfg["id2label"] == {"0": "0", "1": "1", "2": "2"}
     pred = json.loads((tmp_path / "out" / "predictions.jsonl").read_text().splitlines()[0])
-    assert set(pred) == {"text", "text_pair", "label", "prediction", "probabilities"}
+    assert set(pred) == {"text", "text_pair", "label", "prediction", "probabilities", "loss"}
 
 
 def test_validate_prints_resolved_recipe(tmp_path: Path, tiny_bert: Path, sentiment_files, cli) -> None:
