@@ -290,6 +290,9 @@ def eval_(
     split: Annotated[str, typer.Option("--split", help="eval (validation), test or train.")] = "eval",
     shots: Annotated[str | None, typer.Option("--shots", help="Prompt --model (a decoder) with K examples; "
                                               "several: 0,1,5")] = None,
+    prompt_format: Annotated[str | None, typer.Option("--prompt-format", help="plain or chat. --shots: chat when "
+                                                      "the model has a chat template; --task: plain, as "
+                                                      "lm-eval")] = None,
     finetuned: Annotated[list[str] | None, typer.Option("--finetuned", help="Also evaluate this fine-tuned run "
                                                         "on the same split, side by side; repeatable")] = None,
     output_dir: Annotated[Path | None, typer.Option("--output-dir", help="Where results.json and "
@@ -351,7 +354,7 @@ def eval_(
     if output_dir is not None:
         check_output_folder(output_dir)
     res = evaluation.run_eval(model, recipe, overrides or [], split, names or None, shot_list, finetuned or [],
-                              bootstrap, seed, output_dir, batch_size)
+                              bootstrap, seed, output_dir, batch_size, prompt_format=prompt_format)
     _print_settings(res["results"], title=f"{res['config']['task']} on the {split} split ({res['n_samples']} examples)")
     console.print(f"wrote {res['output_dir']}/results.json and predictions.jsonl")
     if output:  # -o works for a model too: a copy of results.json where the user asked for it

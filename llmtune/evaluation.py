@@ -180,14 +180,99 @@ def evaluate_model(model_arg: str, recipe: Recipe, split: str, names: list[str] 
 
 # ---- zero/few-shot prompting of a decoder --------------------------------------------------------------
 
+#: how --shots prompts are written: `plain` text blocks, or the model's own `chat` template
+PROMPT_FORMATS = ("plain", "chat")
+
+
+def check_prompt_format(value: str | None) -> None:
+    if value is not None and value not in PROMPT_FORMATS:
+        raise LlmtuneError(f"--prompt-format {value}: choose plain or chat")
+
+
+def resolve_prompt_format(requested: str | None, tokenizer: Any, model_arg: str) -> str:
+    """The --shots format: what was asked, else chat when the tokenizer has a chat template, else plain."""
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if requested == "chat" and not has_template:
+        raise LlmtuneError(f"--prompt-format chat: the tokenizer of {model_arg} has no chat template; "
+                           "use --prompt-format plain")
+    return requested or ("chat" if has_template else "plain")
+
+
+def check_promptable(recipe: Recipe) -> None:
+    """A task is prompted only when its module has the prompt_* functions (see tasks.TaskModule)."""
+    task = tasks.get(recipe.task)
+    if not all(hasattr(task, f) for f in ("prompt_spec", "prompt_fields", "prompt_choices")):
+        raise LlmtuneError(f"--shots prompting does not apply to {recipe.task}: a {task.MODEL_CLASS} is fine-tuned, "
+                           "not prompted; evaluate a fine-tuned run with llmtune eval --model RUN, or prompt a "
+                           "decoder with a recipe of a generation or classification task")
+
+
+def task_line(recipe: Recipe, choices: list[str] | None = None) -> str:
+    return tasks.get(recipe.task).prompt_spec(recipe).instruction.replace("{choices}", ", ".join(choices or []))
+
 
 def build_prompt(recipe: Recipe, shots: list[tuple[str, str]], text: str, choices: list[str] | None = None) -> str:
-    """A plain few-shot prompt: the task line, K solved examples, then the input to solve."""
+    """A plain few-shot prompt: the task line, K solved examples, then the input to solve (lm-eval's layout with
+    `description`, target_delimiter " " and fewshot_delimiter "\\n\\n")."""
     spec = tasks.get(recipe.task).prompt_spec(recipe)
-    head = spec.instruction.replace("{choices}", ", ".join(choices or [])) + "\n\n"
+    head = task_line(recipe, choices) + "\n\n"
     inp, out = spec.input_header, spec.output_header
     body = "".join(f"{inp}: {x}\n{out}: {y}\n\n" for x, y in shots)
     return f"{head}{body}{inp}: {text}\n{out}:"
+
+
+def chat_messages(recipe: Recipe, shots: list[tuple[str, str]], text: str,
+                  choices: list[str] | None = None) -> list[dict[str, str]]:
+    """lm-eval's --apply_chat_template --fewshot_as_multiturn: the task line as the system message (where lm-eval
+    puts a task's `description`), each example a user turn and an assistant turn, then the input as a user turn."""
+    messages = [{"role": "system", "content": task_line(recipe, choices)}]
+    for x, y in shots:
+        messages += [{"role": "user", "content": x}, {"role": "assistant", "content": y}]
+    messages.append({"role": "user", "content": text})
+    return messages
+
+
+def render_chat_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> str:
+    """The conversation rendered up to the assistant's answer. A template that refuses a system turn (it raises, as
+    Gemma's does) gets the task line at the head of the first user turn instead: lm-eval drops it, which would
+    leave a zero-shot prompt with no task at all."""
+    from jinja2 import TemplateError
+
+    def render(msgs: list[dict[str, str]]) -> str:
+        return str(tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True))
+
+    try:
+        return render(messages)
+    except TemplateError:
+        if messages[0]["role"] != "system":
+            raise
+        first = {"role": "user", "content": f"{messages[0]['content']}\n\n{messages[1]['content']}"}
+        return render([first, *messages[2:]])
+
+
+def turn_end(tokenizer: Any) -> tuple[list[int], str]:
+    """What the chat template writes after an assistant's answer: its first token as a stop id when that is a
+    special token (<|im_end|>, <|eot_id|>, <end_of_turn>: often not the tokenizer's EOS), else the text at which
+    to cut a generated answer."""
+    mark = "ANSWER_ENDS_HERE"
+    try:
+        rendered = str(tokenizer.apply_chat_template([{"role": "user", "content": "q"},
+                                                      {"role": "assistant", "content": mark}], tokenize=False))
+    except Exception:  # a template that needs more than one user turn: EOS alone stops generation
+        return [], ""
+    after = rendered.split(mark, 1)[1] if mark in rendered else ""
+    ids = tokenizer(after, add_special_tokens=False)["input_ids"] if after.strip() else []
+    if ids and ids[0] in set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items()
+                                                           if t.special}:
+        return [ids[0]], ""
+    return [], after.strip()
+
+
+def prompts_for(recipe: Recipe, tokenizer: Any, prompt_format: str, shots: list[tuple[str, str]], texts: list[str],
+                choices: list[str] | None = None) -> list[str]:
+    if prompt_format == "chat":
+        return [render_chat_prompt(tokenizer, chat_messages(recipe, shots, x, choices)) for x in texts]
+    return [build_prompt(recipe, shots, x, choices) for x in texts]
 
 
 def _draw_shots(recipe: Recipe, train: data_mod.Split | None, k: int, seed: int) -> list[tuple[str, str]]:
@@ -207,40 +292,42 @@ def _draw_shots(recipe: Recipe, train: data_mod.Split | None, k: int, seed: int)
     return out
 
 
-def _label_logprobs(model: Any, tokenizer: Any, prompts: list[str], labels: list[str], batch_size: int) -> Any:
-    """Sum of log-probabilities of each label's tokens after each prompt: shape (len(prompts), len(labels))."""
+def _loglikelihood(model: Any, tokenizer: Any, requests: list[tuple[str, str]], batch_size: int
+                   ) -> list[tuple[float, bool]]:
+    """Sum of the continuation's log-probabilities after its context, and whether it is the greedy continuation:
+    (context, continuation) encoded apart, the continuation's tokens following the context's."""
     import torch
 
-    label_ids = [tokenizer(" " + lab, add_special_tokens=False)["input_ids"] for lab in labels]
-    pairs = [(i, j) for i in range(len(prompts)) for j in range(len(labels))]
-    scores = torch.zeros(len(prompts), len(labels))
+    out: list[tuple[float, bool]] = []
     old = tokenizer.padding_side
     tokenizer.padding_side = "right"
     device = next(model.parameters()).device
     try:
         with torch.no_grad():
-            for s in range(0, len(pairs), batch_size):
-                chunk = pairs[s:s + batch_size]
+            for s in range(0, len(requests), batch_size):
+                chunk = requests[s:s + batch_size]
                 seqs, starts = [], []
-                for i, j in chunk:
-                    p = tokenizer(prompts[i], add_special_tokens=True)["input_ids"]
-                    seqs.append(p + label_ids[j])
+                for ctx, cont in chunk:
+                    p = tokenizer(ctx, add_special_tokens=False)["input_ids"]
+                    seqs.append(p + tokenizer(cont, add_special_tokens=False)["input_ids"])
                     starts.append(len(p))
                 width = max(map(len, seqs))
                 pad = tokenizer.pad_token_id or 0
                 ids = torch.tensor([x + [pad] * (width - len(x)) for x in seqs], device=device)
                 mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in seqs], device=device)
                 logp = model(input_ids=ids, attention_mask=mask).logits.float().log_softmax(-1)
-                for row, ((i, j), st, seq) in enumerate(zip(chunk, starts, seqs, strict=True)):
+                for row, (st, seq) in enumerate(zip(starts, seqs, strict=True)):
                     toks = torch.tensor(seq[st:], device=device)
-                    scores[i, j] = logp[row, st - 1:len(seq) - 1].gather(-1, toks[:, None]).sum().cpu()
+                    lp = logp[row, st - 1:len(seq) - 1]
+                    out.append((float(lp.gather(-1, toks[:, None]).sum()), bool((lp.argmax(-1) == toks).all())))
     finally:
         tokenizer.padding_side = old
-    return scores
+    return out
 
 
-def load_decoder(model_arg: str, recipe: Recipe) -> tuple[Any, Any]:
-    """The decoder to prompt (an alias, folder, GGUF file or hub id), in eval mode."""
+def load_decoder(model_arg: str, recipe: Recipe, prompt_format: str | None = None) -> tuple[Any, Any, str]:
+    """The decoder to prompt (an alias, folder, GGUF file or hub id), in eval mode, its tokenizer and the prompt
+    format (checked against the tokenizer before the weights load)."""
     from transformers import AutoModelForCausalLM
 
     from llmtune.models import load_model, load_tokenizer, resolve
@@ -248,13 +335,15 @@ def load_decoder(model_arg: str, recipe: Recipe) -> tuple[Any, Any]:
     args = type(recipe.model)(**{**recipe.model.__dict__, "name": model_arg, "gguf_file": None})
     resolved = resolve(args, where="--model")
     tokenizer = load_tokenizer(args, resolved)
+    fmt = resolve_prompt_format(prompt_format, tokenizer, model_arg)
     model = load_model(AutoModelForCausalLM, args, resolved)
     model.eval()
-    return model, tokenizer
+    return model, tokenizer, fmt
 
 
 def evaluate_shots(model_arg: str, model: Any, tokenizer: Any, recipe: Recipe, split: str, k: int,
-                   names: list[str] | None, bootstrap: int, seed: int, batch_size: int) -> Setting:
+                   names: list[str] | None, bootstrap: int, seed: int, batch_size: int,
+                   prompt_format: str = "plain") -> Setting:
     """Prompt a decoder with k examples drawn (seeded) from train, then the eval input; score the answers."""
     from llmtune.generate import generate_texts
 
@@ -263,37 +352,50 @@ def evaluate_shots(model_arg: str, model: Any, tokenizer: Any, recipe: Recipe, s
     shots = _draw_shots(recipe, splits.get("train"), k, seed)
     rows = [target.dataset[i] for i in range(len(target.dataset))]
     fields = [task.prompt_fields(recipe, r) for r in rows]
+    texts = [x for x, _ in fields]
     records: list[dict[str, Any]] = []
     choices = task.prompt_choices(recipe, splits)
     if choices is not None:  # score each choice by its likelihood after the prompt
-        prompts = [build_prompt(recipe, shots, x, choices) for x, _ in fields]
-        scores = _label_logprobs(model, tokenizer, prompts, choices, batch_size)
+        import torch
+
+        prompts = prompts_for(recipe, tokenizer, prompt_format, shots, texts, choices)
+        # lm-eval's target_delimiter: " " after a plain prompt, none after a chat template's assistant header
+        delimiter = "" if prompt_format == "chat" else " "
+        lls = _loglikelihood(model, tokenizer, [(p, delimiter + c) for p in prompts for c in choices], batch_size)
+        scores = torch.tensor([ll for ll, _ in lls]).view(len(prompts), len(choices))
         probs = scores.softmax(-1)
         preds = [choices[int(j)] for j in scores.argmax(-1)]
         golds = [str(y) for _, y in fields]
-        for (x, _), p, g, pr in zip(fields, preds, golds, probs, strict=True):
+        for x, p, g, pr in zip(texts, preds, golds, probs, strict=True):
             records.append({"text": x, "label": g, "prediction": p,
                             "probabilities": {w: round(float(v), 6) for w, v in zip(choices, pr, strict=True)}})
         from llmtune.metrics import classification_metrics
 
         metrics = classification_metrics(preds, golds)
     else:
-        prompts = [build_prompt(recipe, shots, x) for x, _ in fields]
+        prompts = prompts_for(recipe, tokenizer, prompt_format, shots, texts)
         g = recipe.generation
-        outs = generate_texts(model, tokenizer, prompts, g, batch_size=batch_size, max_input_length=4096,
-                              decoder_only=True)
-        # the model may go on with another "Input: ..." block: keep the first answer only
-        inp = task.prompt_spec(recipe).input_header
-        preds = [o.split(f"\n{inp}:")[0].split("\n\n")[0].strip() for o in outs]
+        if prompt_format == "chat":
+            # the template writes BOS where the model wants one; the answer ends with the assistant's turn
+            stop_ids, cut = turn_end(tokenizer)
+            outs = generate_texts(model, tokenizer, prompts, g, batch_size=batch_size, max_input_length=4096,
+                                  decoder_only=True, add_special_tokens=False, stop_token_ids=stop_ids)
+            preds = [(o.split(cut)[0] if cut else o).strip() for o in outs]
+        else:
+            outs = generate_texts(model, tokenizer, prompts, g, batch_size=batch_size, max_input_length=4096,
+                                  decoder_only=True)
+            # the model may go on with another "Input: ..." block: keep the first answer only
+            inp = task.prompt_spec(recipe).input_header
+            preds = [o.split(f"\n{inp}:")[0].split("\n\n")[0].strip() for o in outs]
         refs = [y if isinstance(y, list) else [y] for _, y in fields]
-        for (x, _), p, r in zip(fields, preds, refs, strict=True):
+        for x, p, r in zip(texts, preds, refs, strict=True):
             records.append({"source": x, "references": r, "prediction": p})
         from llmtune import metrics as M
 
         metrics = {}
         for name in names or task.prompt_spec(recipe).metrics:
             metrics.update(M.compute(name, preds, refs))
-    label = f"{k}-shot {model_arg}"
+    label = f"{k}-shot {model_arg} ({prompt_format})"
     return Setting(label, _with_intervals(metrics, records, names, bootstrap, seed, recipe), records)
 
 
@@ -302,20 +404,26 @@ def evaluate_shots(model_arg: str, model: Any, tokenizer: Any, recipe: Recipe, s
 
 def run_eval(model: str, recipe_arg: str | None, overrides: list[str], split: str, metrics: list[str] | None,
              shots: list[int] | None, finetuned: list[str], bootstrap: int, seed: int, output_dir: Path | None,
-             batch_size: int = 8) -> dict[str, Any]:
-    """Evaluate `model` (fine-tuned run/folder, or a decoder prompted with each of `shots`) and every
-    `finetuned` run on the same split; write results.json and predictions.jsonl; return the results."""
+             batch_size: int = 8, prompt_format: str | None = None) -> dict[str, Any]:
+    """Evaluate `model` (fine-tuned run/folder, or a decoder prompted with each of `shots` in `prompt_format`) and
+    every `finetuned` run on the same split; write results.json and predictions.jsonl; return the results."""
     t0 = time.time()
     if split not in SPLIT_NAMES:  # before any model or data is loaded
         raise LlmtuneError(f"--split {split}: choose eval (validation), test or train")
+    check_prompt_format(prompt_format)
+    if prompt_format is not None and not shots:
+        raise LlmtuneError(f"--prompt-format {prompt_format}: applies to --shots prompting (and --task files); "
+                           "a fine-tuned model is evaluated with its own prompts")
     recipe = recipe_for(model if not shots else (finetuned[0] if finetuned and recipe_arg is None else model),
                         recipe_arg, overrides)
     settings: list[Setting] = []
+    fmt = None
     if shots:
-        decoder, tokenizer = load_decoder(model, recipe)
+        check_promptable(recipe)
+        decoder, tokenizer, fmt = load_decoder(model, recipe, prompt_format)
         for k in shots:
             settings.append(evaluate_shots(model, decoder, tokenizer, recipe, split, k, metrics, bootstrap, seed,
-                                           batch_size))
+                                           batch_size, fmt))
     else:
         settings.append(evaluate_model(model, recipe, split, metrics, bootstrap, seed))
     for run in finetuned:
@@ -330,8 +438,8 @@ def run_eval(model: str, recipe_arg: str | None, overrides: list[str], split: st
         "results": {s.name: s.metrics for s in settings},
         "config": {
             "model": model, "recipe": recipe.source, "recipe_hash": recipe.fingerprint(), "task": recipe.task,
-            "split": split, "metrics": metrics, "shots": shots, "seed": seed, "bootstrap": bootstrap,
-            "finetuned": finetuned, "generation": recipe.to_dict()["generation"],
+            "split": split, "metrics": metrics, "shots": shots, "prompt_format": fmt, "seed": seed,
+            "bootstrap": bootstrap, "finetuned": finetuned, "generation": recipe.to_dict()["generation"],
         },
         "n_samples": len(settings[0].records),
         "versions": runs.versions(),

@@ -37,6 +37,7 @@ def generate_texts(
     decoder_only: bool = False,
     accelerator: Any = None,
     add_special_tokens: bool = True,
+    stop_token_ids: list[int] | None = None,
 ) -> list[str]:
     """Generate one text per prompt, in the prompts' order.
 
@@ -45,7 +46,8 @@ def generate_texts(
     from text to text, and on SciTLDR batches formed by characters padded to 12% more positions, each paid for in
     the encoder and again in every decoding step's cross-attention.
     With several processes each takes every n-th batch and the results are gathered as objects, so every prompt
-    is generated exactly once.
+    is generated exactly once. `stop_token_ids` end generation besides the model's EOS (a chat template's
+    end-of-turn token).
     """
     import torch
 
@@ -59,6 +61,10 @@ def generate_texts(
     batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
     kwargs = generation_kwargs(g, tokenizer)
+    if stop_token_ids:
+        eos = model.generation_config.eos_token_id
+        eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+        kwargs["eos_token_id"] = eos + [t for t in stop_token_ids if t not in eos]
     if g.seed is not None:
         torch.manual_seed(g.seed)
     old_side = tokenizer.padding_side

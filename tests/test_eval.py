@@ -98,7 +98,10 @@ def test_zero_and_few_shot_side_by_side_with_a_finetuned_run(tmp_path: Path, tin
     assert names[0].startswith("0-shot") and names[1].startswith("2-shot") and names[2].startswith("fine-tuned")
     for setting in got["results"].values():
         assert 0 <= setting["accuracy"]["value"] <= 1
+        for key, r in setting.items():  # every column carries its intervals, the fine-tuned run's loss included
+            assert r["ci_low"] is not None and r["ci_low"] <= r["value"] <= r["ci_high"], key
     assert got["config"]["shots"] == [0, 2] and got["config"]["seed"] == 0
+    assert got["config"]["prompt_format"] == "plain"  # this tokenizer has no chat template
     rows = [json.loads(x) for x in (tmp_path / "cmp" / "predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 12 and all(r["prediction"] in ("positive", "negative") for r in rows)
     # the same seed draws the same shots: same numbers
@@ -126,3 +129,185 @@ def test_shots_on_generation_task(tmp_path: Path, tiny_llama: Path, cli) -> None
     assert res.exit_code == 0, res.output
     got = json.loads((tmp_path / "o" / "results.json").read_text())
     assert "rougeL" in list(got["results"].values())[0]
+
+
+@pytest.fixture(scope="module")
+def tiny_chat(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer Llama with SmolLM2's tokenizer and chat template (ChatML: <|im_end|> ends each turn)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from llmtune.models import ALIASES
+
+    smol = ALIASES["smollm2-135m"][0]()
+    tok = AutoTokenizer.from_pretrained(smol.path, gguf_file=smol.gguf_file)
+    folder = tmp_path_factory.mktemp("tiny-chat")
+    tok.save_pretrained(folder)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, intermediate_size=64, max_position_embeddings=1024,
+                      tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id)
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    return folder
+
+
+def test_chat_prompt_is_lm_evals_multiturn_layout(tiny_chat: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from llmtune.evaluation import chat_messages, render_chat_prompt, turn_end
+    from llmtune.recipe import build_recipe
+
+    tok = AutoTokenizer.from_pretrained(tiny_chat)
+    recipe = build_recipe({"task": "classification", "model": {"name": "x"}, "data": {"train_file": "t.jsonl"}})
+    shots = [("great food", "positive"), ("rude staff", "negative")]
+    msgs = chat_messages(recipe, shots, "a clever film", ["negative", "positive"])
+    assert render_chat_prompt(tok, msgs) == (
+        "<|im_start|>system\nClassify each text as one of: negative, positive.<|im_end|>\n"
+        "<|im_start|>user\ngreat food<|im_end|>\n<|im_start|>assistant\npositive<|im_end|>\n"
+        "<|im_start|>user\nrude staff<|im_end|>\n<|im_start|>assistant\nnegative<|im_end|>\n"
+        "<|im_start|>user\na clever film<|im_end|>\n<|im_start|>assistant\n")
+    assert turn_end(tok) == ([tok.convert_tokens_to_ids("<|im_end|>")], "")
+    # a template that refuses a system turn gets the task line at the head of the first user turn
+    tok.chat_template = ("{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no system') }}"
+                         "{% endif %}<{{ m['role'] }}>{{ m['content'] }}</s>{% endfor %}"
+                         "{% if add_generation_prompt %}<assistant>{% endif %}")
+    assert render_chat_prompt(tok, chat_messages(recipe, [], "a clever film", ["negative", "positive"])) == \
+        "<user>Classify each text as one of: negative, positive.\n\na clever film</s><assistant>"
+    assert turn_end(tok) == ([], "</s>")
+
+
+def _direct_loglik(model, tokenizer, context: str, continuation: str) -> float:  # noqa: ANN001
+    import torch
+
+    ids = tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
+    n_ctx = len(tokenizer(context, add_special_tokens=False)["input_ids"])
+    with torch.no_grad():
+        logp = model(input_ids=torch.tensor([ids])).logits[0].float().log_softmax(-1)
+    return float(sum(logp[i - 1, ids[i]] for i in range(n_ctx, len(ids))))
+
+
+def test_shots_chat_by_default_plain_on_request(tmp_path: Path, tiny_chat: Path, tiny_llama: Path, sentiment_files,
+                                               cli) -> None:
+    import yaml
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llmtune.evaluation import chat_messages, render_chat_prompt
+
+    train, eval_ = sentiment_files
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"task": "classification", "model": {"name": str(tiny_chat)},
+                                      "data": {"train_file": str(train), "eval_file": str(eval_)}}))
+    res = cli("eval", "--model", tiny_chat, "--recipe", recipe, "--shots", "0,1", "--output-dir", tmp_path / "chat",
+              "--bootstrap", "50")
+    assert res.exit_code == 0, res.output
+    assert "(chat)" in res.stdout
+    got = json.loads((tmp_path / "chat" / "results.json").read_text())
+    assert got["config"]["prompt_format"] == "chat"
+    assert [n.split(" ")[0] for n in got["results"]] == ["0-shot", "1-shot"]
+    assert all(n.endswith("(chat)") for n in got["results"])
+    for setting in got["results"].values():
+        for key, r in setting.items():
+            assert r["ci_low"] is not None and r["ci_low"] <= r["value"] <= r["ci_high"], key
+    # each label is scored right after the rendered assistant header (lm-eval: no target delimiter under a template)
+    rows = [json.loads(x) for x in (tmp_path / "chat" / "predictions.jsonl").read_text().splitlines()]
+    tok = AutoTokenizer.from_pretrained(tiny_chat)
+    model = AutoModelForCausalLM.from_pretrained(tiny_chat).eval()
+    from llmtune.recipe import load_recipe
+
+    r = load_recipe(recipe)
+    prompt = render_chat_prompt(tok, chat_messages(r, [], rows[0]["text"], ["negative", "positive"]))
+    import math
+
+    lls = [_direct_loglik(model, tok, prompt, c) for c in ("negative", "positive")]
+    z = math.log(sum(math.exp(v) for v in lls))
+    assert rows[0]["probabilities"]["positive"] == pytest.approx(math.exp(lls[1] - z), abs=2e-6)
+
+    res = cli("eval", "--model", tiny_chat, "--recipe", recipe, "--shots", "0", "--prompt-format", "plain",
+              "--output-dir", tmp_path / "plain", "--bootstrap", "0")
+    assert res.exit_code == 0, res.output
+    got = json.loads((tmp_path / "plain" / "results.json").read_text())
+    assert got["config"]["prompt_format"] == "plain" and list(got["results"]) == [f"0-shot {tiny_chat} (plain)"]
+    # a tokenizer without a chat template is prompted plain, and chat is refused for it
+    res = cli("eval", "--model", tiny_llama, "--recipe", recipe, "--shots", "0", "--output-dir", tmp_path / "nt",
+              "--bootstrap", "0")
+    assert res.exit_code == 0 and json.loads((tmp_path / "nt" / "results.json").read_text())["config"][
+        "prompt_format"] == "plain"
+    res = cli("eval", "--model", tiny_llama, "--recipe", recipe, "--shots", "0", "--prompt-format", "chat",
+              "--output-dir", tmp_path / "refused")
+    assert res.exit_code == 2 and "has no chat template" in res.stderr and not (tmp_path / "refused").exists()
+
+
+def test_chat_generation_stops_at_the_end_of_the_turn(tmp_path: Path, tiny_chat: Path, cli) -> None:
+    import yaml
+
+    rows = [{"document": f"The council met on day {i} and approved the new park budget.",
+             "summary": f"Council approves park budget on day {i}."} for i in range(8)]
+    data = write_jsonl(tmp_path / "s.jsonl", rows)
+    recipe = tmp_path / "sum.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "task": "summarization", "model": {"name": str(tiny_chat)},
+        "data": {"train_file": str(data), "eval_file": str(data), "source_column": "document",
+                 "target_column": "summary", "max_eval_samples": 3},
+        "generation": {"max_new_tokens": 6}}))
+    res = cli("eval", "--model", tiny_chat, "--recipe", recipe, "--shots", "1", "--output-dir", tmp_path / "o",
+              "--bootstrap", "50")
+    assert res.exit_code == 0, res.output
+    got = json.loads((tmp_path / "o" / "results.json").read_text())
+    (setting,) = got["results"].values()
+    assert setting["rougeL"]["ci_low"] is not None
+    assert all("<|im" not in r["prediction"] for r in
+               map(json.loads, (tmp_path / "o" / "predictions.jsonl").read_text().splitlines()))
+
+
+def test_finetuned_causal_lm_column_carries_intervals(tmp_path: Path, tiny_chat: Path, cli) -> None:
+    import yaml
+
+    rows = [{"instruction": f"Say the number {i}.", "output": f"The number is {i}."} for i in range(12)]
+    data = write_jsonl(tmp_path / "i.jsonl", rows)
+    recipe = tmp_path / "clm.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "task": "causal_lm", "model": {"name": str(tiny_chat)},
+        "data": {"train_file": str(data), "eval_file": str(data), "format": "instruction",
+                 "prompt_column": "instruction", "completion_column": "output"},
+        "train": {"output_dir": str(tmp_path / "run"), "max_steps": 2, "per_device_train_batch_size": 4,
+                  "per_device_eval_batch_size": 6, "max_seq_length": 64, "learning_rate": 1e-3},
+        "eval": {"generate": True}, "generation": {"max_new_tokens": 4}}))
+    assert cli("finetune", recipe).exit_code == 0
+    res = cli("eval", "--model", tiny_chat, "--recipe", recipe, "--shots", "0", "--finetuned", tmp_path / "run",
+              "--output-dir", tmp_path / "cmp", "--bootstrap", "100")
+    assert res.exit_code == 0, res.output
+    got = json.loads((tmp_path / "cmp" / "results.json").read_text())
+    base, tuned = got["results"].values()
+    assert {"loss", "perplexity", "rougeL", "exact_match"} <= set(tuned)
+    for setting in (base, tuned):
+        for key, r in setting.items():
+            assert r["ci_low"] is not None and r["ci_low"] <= r["value"] <= r["ci_high"], key
+    trained = json.loads((tmp_path / "run" / "eval_results.json").read_text())
+    assert tuned["loss"]["value"] == pytest.approx(trained["eval_loss"], abs=1e-6)
+
+
+def test_loss_interval_is_the_token_weighted_ratio() -> None:
+    import numpy as np
+
+    from llmtune import metrics as M
+
+    losses, tokens = [1.0, 3.0, 2.0], [1, 3, 2]
+    stats = M.prepare_loss(losses, tokens, perplexity=True)
+    assert stats.values["loss"] == pytest.approx((1 + 9 + 4) / 6)
+    assert stats.values["perplexity"] == pytest.approx(np.exp((1 + 9 + 4) / 6))
+    # a resample that draws the first example twice and the third once
+    got = stats.resample(np.array([[2.0, 0.0, 1.0]]))
+    assert got["loss"][0] == pytest.approx((2 * 1 + 4) / 4)
+    low, high = M.confidence_interval(stats, 200, 0)["loss"]
+    assert 1.0 <= low <= stats.values["loss"] <= high <= 3.0
+
+
+def test_shots_refused_for_a_task_without_prompting(tmp_path: Path, cli) -> None:
+    import yaml
+
+    recipe = tmp_path / "ner.yaml"
+    recipe.write_text(yaml.safe_dump({"task": "token_classification", "model": {"name": "nowhere/model"},
+                                      "data": {"train_file": "t.jsonl"}}))
+    res = cli("eval", "--model", "nowhere/model", "--recipe", recipe, "--shots", "0")
+    assert res.exit_code == 2 and "--shots prompting does not apply to token_classification" in res.stderr

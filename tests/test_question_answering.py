@@ -253,8 +253,9 @@ def test_finetune_predict_eval_through_the_cli(tmp_path: Path, tiny_bert: Path, 
 
 
 def test_shots_prompting_is_refused_clearly() -> None:
+    from llmtune.evaluation import check_promptable
     from llmtune.recipe import build_recipe
 
     recipe = build_recipe({"task": "question_answering", "model": {"name": "x"}, "data": {"train_file": "t.jsonl"}})
     with pytest.raises(LlmtuneError, match="--shots prompting does not apply"):
-        qa.prompt_spec(recipe)
+        check_promptable(recipe)

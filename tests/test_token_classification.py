@@ -212,8 +212,11 @@ def test_end_to_end(tiny_bert: Path, tmp_path: Path) -> None:
         for e in r["entities"]:
             assert r["text"][e["start"]:e["end"]] == e["text"]
 
-    with pytest.raises(LlmtuneError, match="--shots does not apply to token_classification"):
-        tc.prompt_spec(None)  # type: ignore[arg-type]
+    from llmtune.evaluation import check_promptable
+    from llmtune.recipe import build_recipe
+
+    with pytest.raises(LlmtuneError, match="--shots prompting does not apply to token_classification"):
+        check_promptable(build_recipe(recipe))
 
 
 def test_recipe_validates() -> None:

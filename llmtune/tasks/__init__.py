@@ -170,16 +170,13 @@ class TaskModule(Protocol):
         """`llmtune predict`: one output record per input row (rows from inputs.read_rows: a .txt line is
         {"text": line}); `field`/`pair_field` name the input fields when the user gives them."""
 
-    def prompt_spec(self, recipe: Recipe) -> PromptSpec:
-        """Headers, task line and default metrics for zero/few-shot prompting of a decoder."""
-
-    def prompt_fields(self, recipe: Recipe, row: dict[str, Any]) -> tuple[str, str | list[str]]:
-        """(input text, target) of a raw row for prompting: a class name, or the list of reference texts."""
-
-    def prompt_choices(self, recipe: Recipe, splits: dict[str, Split]) -> list[str] | None:
-        """The answers to score by likelihood (class names), or None: the decoder generates its answer."""
-
     # Optional hooks, read with getattr:
+    # - Prompting (`llmtune eval --shots`), all three or none; a task without them is not prompted (evaluation.py
+    #   refuses --shots for it, with one message):
+    #   `prompt_spec(recipe) -> PromptSpec`: headers, task line and default metrics for zero/few-shot prompting;
+    #   `prompt_fields(recipe, row) -> (input text, target)`: a class name, or the list of reference texts;
+    #   `prompt_choices(recipe, splits) -> list[str] | None`: the answers to score by likelihood (class names), or
+    #   None: the decoder generates its answer.
     # - `loss(model, batch) -> Tensor`: the training objective. Without it the loop uses model(**batch).loss.
     #   Contrastive or preference objectives define it.
     # - `intervals(recipe, records, bootstrap, seed) -> {metric: (low, high)}`: bootstrap intervals for

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from llmtune.data import Split, as_text, check_text_column, require_column
 from llmtune.errors import LlmtuneError
 from llmtune.schema import DataArgs
-from llmtune.tasks import EvalContext, LoadedRun, PromptSpec
+from llmtune.tasks import EvalContext, LoadedRun
 
 if TYPE_CHECKING:
     from llmtune.schema import Recipe
@@ -510,22 +510,3 @@ def predict(run: LoadedRun, rows: list[dict[str, Any]], batch_size: int, field: 
             rec.update(text_pair=p, cosine=round(c, 6))
     return out
 
-
-# ---- zero/few-shot prompting of a decoder ------------------------------------------------------------------
-
-
-def _no_prompting() -> LlmtuneError:
-    return LlmtuneError("--shots does not apply to embedding: evaluate an encoder with llmtune eval --model RUN "
-                        "(or --model minilm-l6 for the untouched base)")
-
-
-def prompt_spec(recipe: Recipe) -> PromptSpec:
-    raise _no_prompting()
-
-
-def prompt_fields(recipe: Recipe, row: dict[str, Any]) -> tuple[str, str]:
-    raise _no_prompting()
-
-
-def prompt_choices(recipe: Recipe, splits: dict[str, Split]) -> list[str] | None:
-    raise _no_prompting()

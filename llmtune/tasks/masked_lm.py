@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from llmtune.data import Split, as_text, require_column
 from llmtune.errors import LlmtuneError
 from llmtune.schema import DataArgs, EvalArgs
-from llmtune.tasks import EvalContext, LoadedRun, PromptSpec
+from llmtune.tasks import EvalContext, LoadedRun
 
 if TYPE_CHECKING:
     from llmtune.schema import Recipe
@@ -429,22 +429,3 @@ def predict(run: LoadedRun, rows: list[dict[str, Any]], batch_size: int, field: 
                 out[i] = {"text": texts[i], "masks": slots}
     return out
 
-
-# ---- zero/few-shot prompting of a decoder ------------------------------------------------------------------
-
-
-def _no_prompting() -> LlmtuneError:
-    return LlmtuneError("--shots does not apply to masked_lm: prompting baselines score a decoder's answers; "
-                        "evaluate a masked-LM run with llmtune eval --model RUN")
-
-
-def prompt_spec(recipe: Recipe) -> PromptSpec:
-    raise _no_prompting()
-
-
-def prompt_fields(recipe: Recipe, row: dict[str, Any]) -> tuple[str, str]:
-    raise _no_prompting()
-
-
-def prompt_choices(recipe: Recipe, splits: dict[str, Split]) -> list[str] | None:
-    raise _no_prompting()

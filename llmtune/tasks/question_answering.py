@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from llmtune.data import Split, check_text_column, require_column
 from llmtune.errors import LlmtuneError
 from llmtune.schema import DataArgs, EvalArgs
-from llmtune.tasks import EvalContext, LoadedRun, PromptSpec
+from llmtune.tasks import EvalContext, LoadedRun
 
 if TYPE_CHECKING:
     from llmtune.schema import Recipe
@@ -532,27 +532,6 @@ def predict(run: LoadedRun, rows: list[dict[str, Any]], batch_size: int, field: 
                     "score": round(ans["score"], 6)})
         results.append(rec)
     return results
-
-
-# ---- zero/few-shot prompting of a decoder ------------------------------------------------------------------
-
-
-def _no_prompting() -> LlmtuneError:
-    return LlmtuneError("question_answering: --shots prompting does not apply (an extractive span head is "
-                        "fine-tuned, not prompted); evaluate a fine-tuned run with --model RUN, or prompt a decoder "
-                        "with a causal_lm recipe whose inputs hold the context and question")
-
-
-def prompt_spec(recipe: Recipe) -> PromptSpec:
-    raise _no_prompting()
-
-
-def prompt_fields(recipe: Recipe, row: dict[str, Any]) -> tuple[str, list[str]]:
-    raise _no_prompting()
-
-
-def prompt_choices(recipe: Recipe, splits: dict[str, Split]) -> list[str] | None:
-    raise _no_prompting()
 
 
 # ---- `llmtune eval --metric squad` on files -----------------------------------------------------------------

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from llmtune.data import Split, require_column
 from llmtune.errors import LlmtuneError
 from llmtune.schema import DataArgs, EvalArgs
-from llmtune.tasks import EvalContext, LoadedRun, PromptSpec
+from llmtune.tasks import EvalContext, LoadedRun
 
 if TYPE_CHECKING:
     from llmtune.schema import Recipe
@@ -525,26 +525,6 @@ def predict(run: LoadedRun, rows: list[dict[str, Any]], batch_size: int, field: 
                                  "token_end": span["token_end"]})
                 out[i] = {"text": text, "tokens": words, "tags": tags[b], "entities": ents}
     return out
-
-
-# ---- zero/few-shot prompting of a decoder ------------------------------------------------------------------
-
-
-def _no_prompting() -> LlmtuneError:
-    return LlmtuneError("--shots does not apply to token_classification: prompting baselines score a decoder's "
-                        "answer per row, not a tag per word; evaluate a fine-tuned run with llmtune eval --model RUN")
-
-
-def prompt_spec(recipe: Recipe) -> PromptSpec:
-    raise _no_prompting()
-
-
-def prompt_fields(recipe: Recipe, row: dict[str, Any]) -> tuple[str, str]:
-    raise _no_prompting()
-
-
-def prompt_choices(recipe: Recipe, splits: dict[str, Split]) -> list[str] | None:
-    raise _no_prompting()
 
 
 def intervals(recipe: Recipe, records: list[dict[str, Any]], bootstrap: int, seed: int) -> dict[str, tuple[float, float]]:
