@@ -300,11 +300,32 @@ def eval_(
     overrides: Annotated[list[str] | None, typer.Option("--set", help="Recipe override section.key=value, "
                                                         "repeatable")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
+    task: Annotated[list[Path] | None, typer.Option("--task", help="An lm-eval multiple-choice task YAML (paths "
+                                                    "in it are relative to its folder): acc, acc_norm as "
+                                                    "lm-eval 0.4; repeatable")] = None,
+    num_fewshot: Annotated[int | None, typer.Option("--num-fewshot", help="--task: few-shot examples (default: "
+                                                    "the task file's num_fewshot)")] = None,
+    log_samples: Annotated[bool, typer.Option("--log-samples", help="--task: also write samples_<task>.jsonl "
+                                              "(prompts, log-likelihoods, is_greedy, acc)")] = False,
+    text: Annotated[Path | None, typer.Option("--text", help="--metric perplexity: a .txt file (one document) or "
+                                              ".jsonl/.json/.csv/.parquet (a document per row)")] = None,
+    text_field: Annotated[str | None, typer.Option("--text-field", help="--text: the column holding the "
+                                                   "documents (default: text)")] = None,
+    stride: Annotated[int | None, typer.Option("--stride", help="--text: score each window's last N new tokens "
+                                               "(default: --max-length, lm-eval's disjoint windows)")] = None,
+    max_length: Annotated[int | None, typer.Option("--max-length", help="--text: window length in tokens "
+                                                   "(default: the model's maximum)")] = None,
 ) -> None:
     """Score prediction files against references, or evaluate a model (fine-tuned, or zero/few-shot) on a dataset."""
     names = [m.strip() for item in (metric or []) for m in item.split(",") if m.strip()]
     from llmtune import evaluation
 
+    if task or text is not None:
+        if predictions is not None:
+            raise LlmtuneError("--task and --text score a --model, not a --predictions file: give one or the other")
+        _eval_lm(model, names, task or [], text, text_field, stride, max_length, num_fewshot, prompt_format,
+                 finetuned or [], log_samples, batch_size, bootstrap, seed, output_dir, output)
+        return
     if predictions is not None:
         if model is not None:
             raise LlmtuneError("give either --predictions/--references (score files) or --model (evaluate a model)")
@@ -363,6 +384,71 @@ def eval_(
         output.parent.mkdir(parents=True, exist_ok=True)
         runs.write_json(output, {k: v for k, v in res.items() if k != "output_dir"})
         console.print(f"wrote {output}")
+
+
+def _eval_lm(model: str | None, names: list[str], task_files: list[Path], text: Path | None, text_field: str | None,
+             stride: int | None, max_length: int | None, num_fewshot: int | None, prompt_format: str | None,
+             finetuned: list[str], log_samples: bool, batch_size: int, bootstrap: int, seed: int,
+             output_dir: Path | None, output: Path | None) -> None:
+    """--task (multiple choice) and --metric perplexity --text, as lm-evaluation-harness computes them."""
+    from llmtune import lmeval_cmd, runs
+
+    if model is None:
+        raise LlmtuneError("--task and --text need --model (an alias, a model folder or a run)")
+    if task_files and text is not None:
+        raise LlmtuneError("give --task (multiple choice) or --metric perplexity --text, not both")
+    if text is not None and names not in ([], ["perplexity"]):
+        raise LlmtuneError("--text is scored with --metric perplexity (and no other metric)")
+    if task_files and names:
+        raise LlmtuneError("--task computes the task file's metric_list (acc, acc_norm); leave --metric out")
+    runs.check_output_file(output, [Path(model), *task_files, *([text] if text else []), *map(Path, finetuned)])
+    if output_dir is not None:
+        runs.check_output_folder(output_dir)
+    if text is not None:
+        if finetuned:
+            raise LlmtuneError("--finetuned goes with --task; score each model's perplexity with its own --model")
+        res = lmeval_cmd.run_perplexity(model, text, text_field, stride, max_length, batch_size, bootstrap, seed,
+                                        output_dir)
+        cfg = res["config"]
+        _print_scores(res["perplexity"], title=f"perplexity of {text} ({res['totals']['tokens']} tokens, "
+                      f"{len(res['documents'])} documents; max length {cfg['max_length']}, "
+                      f"stride {cfg['stride'] or cfg['max_length']})")
+    else:
+        res = lmeval_cmd.run_tasks(model, task_files, finetuned, num_fewshot, prompt_format, batch_size, bootstrap,
+                                   seed, output_dir, log_samples)
+        _print_tasks(res)
+    console.print(f"wrote {res['output_dir']}/results.json")
+    if output:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        runs.write_json(output, {k: v for k, v in res.items() if k not in ("output_dir", "written")})
+        console.print(f"wrote {output}")
+
+
+def _print_tasks(res: dict[str, Any]) -> None:
+    cfg = res["config"]
+    table = Table(title=f"multiple choice, {cfg['prompt_format']} prompts (value ± stderr [95% CI])")
+    table.add_column("task")
+    table.add_column("n", justify="right")
+    table.add_column("shots", justify="right")
+    settings = res["settings"]
+    metrics = list(dict.fromkeys(k for s in settings.values() for t in s.values() for k in t))
+    for s in settings:
+        for m in metrics:
+            table.add_column(f"{m} {s}", justify="right")
+    for name in res["results"]:
+        cells = []
+        for s in settings:
+            for m in metrics:
+                r = settings[s][name].get(m)
+                if r is None:
+                    cells.append("")
+                    continue
+                cell = _fmt(r["value"]) + (f" ± {_fmt(r['stderr'])}" if r["stderr"] is not None else "")
+                if r.get("ci_low") is not None:
+                    cell += f" [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]"
+                cells.append(cell)
+        table.add_row(name, str(res["n-samples"][name]["effective"]), str(res["n-shot"][name]), *cells)
+    console.print(table)
 
 
 def _fmt(v: Any) -> str:
