@@ -292,39 +292,6 @@ def _draw_shots(recipe: Recipe, train: data_mod.Split | None, k: int, seed: int)
     return out
 
 
-def _loglikelihood(model: Any, tokenizer: Any, requests: list[tuple[str, str]], batch_size: int
-                   ) -> list[tuple[float, bool]]:
-    """Sum of the continuation's log-probabilities after its context, and whether it is the greedy continuation:
-    (context, continuation) encoded apart, the continuation's tokens following the context's."""
-    import torch
-
-    out: list[tuple[float, bool]] = []
-    old = tokenizer.padding_side
-    tokenizer.padding_side = "right"
-    device = next(model.parameters()).device
-    try:
-        with torch.no_grad():
-            for s in range(0, len(requests), batch_size):
-                chunk = requests[s:s + batch_size]
-                seqs, starts = [], []
-                for ctx, cont in chunk:
-                    p = tokenizer(ctx, add_special_tokens=False)["input_ids"]
-                    seqs.append(p + tokenizer(cont, add_special_tokens=False)["input_ids"])
-                    starts.append(len(p))
-                width = max(map(len, seqs))
-                pad = tokenizer.pad_token_id or 0
-                ids = torch.tensor([x + [pad] * (width - len(x)) for x in seqs], device=device)
-                mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in seqs], device=device)
-                logp = model(input_ids=ids, attention_mask=mask).logits.float().log_softmax(-1)
-                for row, (st, seq) in enumerate(zip(starts, seqs, strict=True)):
-                    toks = torch.tensor(seq[st:], device=device)
-                    lp = logp[row, st - 1:len(seq) - 1]
-                    out.append((float(lp.gather(-1, toks[:, None]).sum()), bool((lp.argmax(-1) == toks).all())))
-    finally:
-        tokenizer.padding_side = old
-    return out
-
-
 def load_decoder(model_arg: str, recipe: Recipe, prompt_format: str | None = None) -> tuple[Any, Any, str]:
     """The decoder to prompt (an alias, folder, GGUF file or hub id), in eval mode, its tokenizer and the prompt
     format (checked against the tokenizer before the weights load)."""
@@ -355,20 +322,29 @@ def evaluate_shots(model_arg: str, model: Any, tokenizer: Any, recipe: Recipe, s
     texts = [x for x, _ in fields]
     records: list[dict[str, Any]] = []
     choices = task.prompt_choices(recipe, splits)
-    if choices is not None:  # score each choice by its likelihood after the prompt
+    acc: dict[str, list[str]] = {}
+    if choices is not None:  # multiple choice: each label scored by its log-likelihood after the prompt, as lm-eval
         import torch
+
+        from llmtune.loglik import loglikelihood
 
         prompts = prompts_for(recipe, tokenizer, prompt_format, shots, texts, choices)
         # lm-eval's target_delimiter: " " after a plain prompt, none after a chat template's assistant header
         delimiter = "" if prompt_format == "chat" else " "
-        lls = _loglikelihood(model, tokenizer, [(p, delimiter + c) for p in prompts for c in choices], batch_size)
-        scores = torch.tensor([ll for ll, _ in lls]).view(len(prompts), len(choices))
+        lls = loglikelihood(model, tokenizer, [(p, delimiter + c) for p in prompts for c in choices], batch_size)
+        scores = torch.tensor([ll for ll, _ in lls], dtype=torch.float64).view(len(prompts), len(choices))
+        # acc_norm: log-likelihood per character of the choice (lm-eval's completion_len, without the delimiter)
+        lengths = torch.tensor([float(len(c)) for c in choices], dtype=torch.float64)
+        acc = {"acc": [choices[int(j)] for j in scores.argmax(-1)],
+               "acc_norm": [choices[int(j)] for j in (scores / lengths).argmax(-1)]}
         probs = scores.softmax(-1)
-        preds = [choices[int(j)] for j in scores.argmax(-1)]
+        preds = acc["acc"]
         golds = [str(y) for _, y in fields]
-        for x, p, g, pr in zip(texts, preds, golds, probs, strict=True):
-            records.append({"text": x, "label": g, "prediction": p,
-                            "probabilities": {w: round(float(v), 6) for w, v in zip(choices, pr, strict=True)}})
+        for i, (x, p, g, pr) in enumerate(zip(texts, preds, golds, probs, strict=True)):
+            records.append({"text": x, "label": g, "prediction": p, "prediction_norm": acc["acc_norm"][i],
+                            "probabilities": {w: round(float(v), 6) for w, v in zip(choices, pr, strict=True)},
+                            "loglikelihoods": {w: float(v) for w, v in zip(choices, scores[i], strict=True)},
+                            "is_greedy": {w: lls[i * len(choices) + j][1] for j, w in enumerate(choices)}})
         from llmtune.metrics import classification_metrics
 
         metrics = classification_metrics(preds, golds)
@@ -396,7 +372,10 @@ def evaluate_shots(model_arg: str, model: Any, tokenizer: Any, recipe: Recipe, s
         for name in names or task.prompt_spec(recipe).metrics:
             metrics.update(M.compute(name, preds, refs))
     label = f"{k}-shot {model_arg} ({prompt_format})"
-    return Setting(label, _with_intervals(metrics, records, names, bootstrap, seed, recipe), records)
+    out = _with_intervals(metrics, records, names, bootstrap, seed, recipe)
+    for key, picked in acc.items():  # lm-eval's names beside ours: acc (= accuracy) and acc_norm
+        out[key] = _ci("accuracy", picked, golds, bootstrap, seed)["accuracy"]
+    return Setting(label, out, records)
 
 
 # ---- orchestration ----------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import minilm_dir, tiny_recipe, write_jsonl
+from conftest import tiny_recipe, write_jsonl
 
 PREDS = ["The cat sat on the mat.", "Ein Hund läuft im Park.", "", "Prices rose 3% in May; analysts expected 2%.",
          "naïve café owners agree", "results improve with more data"]
@@ -69,20 +69,37 @@ def test_model_eval_reproduces_training_eval(tmp_path: Path, tiny_bert: Path, se
     assert len((tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()) == 4
 
 
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def _tiny_decoder(folder: Path, chat_template: bool) -> Path:
+    """A 2-layer Llama with random weights and SmolLM2's tokenizer, with or without its chat template (ChatML:
+    <|im_end|> ends each turn)."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    torch.manual_seed(0)
-    tok = AutoTokenizer.from_pretrained(minilm_dir())
-    cfg = LlamaConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
-                      pad_token_id=tok.pad_token_id, eos_token_id=tok.sep_token_id, bos_token_id=tok.cls_token_id)
-    LlamaForCausalLM(cfg).save_pretrained(folder)
+    from llmtune.models import ALIASES
+
+    smol = ALIASES["smollm2-135m"][0]()
+    tok = AutoTokenizer.from_pretrained(smol.path, gguf_file=smol.gguf_file)
+    if not chat_template:  # a base model's tokenizer: prompted plain
+        tok.chat_template = None
     tok.save_pretrained(folder)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, intermediate_size=64, max_position_embeddings=1024,
+                      tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id)
+    LlamaForCausalLM(cfg).save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A decoder whose tokenizer has no chat template."""
+    return _tiny_decoder(tmp_path_factory.mktemp("tiny-llama"), chat_template=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_chat(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _tiny_decoder(tmp_path_factory.mktemp("tiny-chat"), chat_template=True)
 
 
 def test_zero_and_few_shot_side_by_side_with_a_finetuned_run(tmp_path: Path, tiny_bert: Path, tiny_llama: Path,
@@ -129,27 +146,6 @@ def test_shots_on_generation_task(tmp_path: Path, tiny_llama: Path, cli) -> None
     assert res.exit_code == 0, res.output
     got = json.loads((tmp_path / "o" / "results.json").read_text())
     assert "rougeL" in list(got["results"].values())[0]
-
-
-@pytest.fixture(scope="module")
-def tiny_chat(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-layer Llama with SmolLM2's tokenizer and chat template (ChatML: <|im_end|> ends each turn)."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from llmtune.models import ALIASES
-
-    smol = ALIASES["smollm2-135m"][0]()
-    tok = AutoTokenizer.from_pretrained(smol.path, gguf_file=smol.gguf_file)
-    folder = tmp_path_factory.mktemp("tiny-chat")
-    tok.save_pretrained(folder)
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, intermediate_size=64, max_position_embeddings=1024,
-                      tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                      pad_token_id=tok.pad_token_id)
-    LlamaForCausalLM(cfg).save_pretrained(folder)
-    return folder
 
 
 def test_chat_prompt_is_lm_evals_multiturn_layout(tiny_chat: Path) -> None:
@@ -311,3 +307,38 @@ def test_shots_refused_for_a_task_without_prompting(tmp_path: Path, cli) -> None
                                       "data": {"train_file": "t.jsonl"}}))
     res = cli("eval", "--model", "nowhere/model", "--recipe", recipe, "--shots", "0")
     assert res.exit_code == 2 and "--shots prompting does not apply to token_classification" in res.stderr
+
+
+def test_label_baseline_reports_lm_evals_acc_and_acc_norm(tmp_path: Path, tiny_llama: Path, monkeypatch,
+                                                          cli) -> None:
+    """Labels are scored through llmtune.loglik as lm-eval's multiple choice: (prompt, " " + label) requests;
+    acc takes the best log-likelihood, acc_norm the best per character of the label."""
+    import yaml
+
+    from llmtune import loglik
+
+    rows = [{"text": f"review {i}", "label": ["bad", "excellent"][i % 2]} for i in range(6)]
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"task": "classification", "model": {"name": str(tiny_llama)},
+                                      "data": {"train_file": str(data), "eval_file": str(data),
+                                               "label_names": ["bad", "excellent"]}}))
+    seen: list[tuple[str, str]] = []
+
+    def fake(model, tokenizer, requests, batch_size, max_length=None):  # noqa: ANN001, ANN202
+        seen.extend(requests)
+        return [(-2.0 if cont == " bad" else -3.0, False) for _, cont in requests]
+
+    monkeypatch.setattr(loglik, "loglikelihood", fake)
+    res = cli("eval", "--model", tiny_llama, "--recipe", recipe, "--shots", "0", "--output-dir", tmp_path / "o",
+              "--bootstrap", "50")
+    assert res.exit_code == 0, res.output
+    assert len(seen) == 12 and seen[0][0].endswith("Text: review 0\nLabel:") and {c for _, c in seen} == {
+        " bad", " excellent"}
+    (setting,) = json.loads((tmp_path / "o" / "results.json").read_text())["results"].values()
+    # -2 > -3 picks "bad" every time; per character -2/3 < -3/9 picks "excellent"
+    assert setting["acc"]["value"] == setting["accuracy"]["value"] == 0.5
+    assert setting["acc_norm"]["value"] == 0.5 and setting["acc_norm"]["ci_low"] is not None
+    records = [json.loads(x) for x in (tmp_path / "o" / "predictions.jsonl").read_text().splitlines()]
+    assert {r["prediction"] for r in records} == {"bad"} and {r["prediction_norm"] for r in records} == {"excellent"}
+    assert records[0]["loglikelihoods"] == {"bad": -2.0, "excellent": -3.0}
