@@ -657,6 +657,11 @@ def compute(name: str, predictions: Sequence[Any], references: Sequence[Any],
     return spec.function(predictions, references, **options)
 
 
+def output_names(name: str) -> list[str]:
+    """The keys a text metric reports (rouge: rouge1, rouge2, rougeL, rougeLsum), read off one scored example."""
+    return list(compute(name, ["a b"], [["a b"]]))
+
+
 def prepare(name: str, predictions: Sequence[Any], references: Sequence[Any], **options: Any) -> MetricStats:
     """The metric's values plus per-example statistics for `confidence_interval` and `paired_test`."""
     spec = _spec(name)

@@ -320,6 +320,7 @@ def load_data_and_model(run: Run) -> None:
     with run.accelerator.main_process_first():
         run.splits = data_mod.load_splits(recipe, validate=lambda s: task.validate(recipe, s))
         run.info = task.setup(recipe, run.splits, run.tokenizer)
+        tasks.check_best_metric(recipe, run.info)
         run.train_ds = task.tokenize(recipe, run.tokenizer, run.splits["train"], run.info)
         run.eval_ds = task.tokenize(recipe, run.tokenizer, run.splits["eval"], run.info)
     if len(run.train_ds) == 0:
@@ -355,9 +356,15 @@ def build_loaders_and_optimizer(run: Run) -> None:
     if run.adapter_only:
         run.accelerator.register_save_state_pre_hook(_keep_trainable)
     run.state = TrainerState(fingerprint=_fingerprint(run.recipe, run.train_ds, lengths, n))
-    run.metric_name = t.metric_for_best_model or run.task.DEFAULT_METRIC
-    run.greater = run.task.GREATER_IS_BETTER if t.metric_for_best_model in (None, run.task.DEFAULT_METRIC) else \
+    run.metric_name = best_metric_name(run.recipe)
+    run.greater = run.task.GREATER_IS_BETTER if run.metric_name == run.task.DEFAULT_METRIC else \
         not run.metric_name.endswith(("loss", "perplexity", "ter"))
+
+
+def best_metric_name(recipe: Recipe) -> str:
+    """train.metric_for_best_model without the `eval_` prefix a Trainer user may write (both forms work there)."""
+    name = recipe.train.metric_for_best_model or tasks.get(recipe.task).DEFAULT_METRIC
+    return name[len("eval_"):] if name.startswith("eval_") else name
 
 
 def restore_or_start(run: Run) -> None:

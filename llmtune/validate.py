@@ -38,6 +38,7 @@ def check_data(recipe: Recipe) -> list[str]:
         lines.append(f"tokenizer not checked: {e}")
         tokenizer = None
     info = task.setup(recipe, splits, tokenizer)
+    tasks.check_best_metric(recipe, info)
     names = getattr(info, "label_names", None)
     if names:
         lines.append(f"classes: {', '.join(names)}")

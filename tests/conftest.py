@@ -151,7 +151,29 @@ def run_cli(*args: str) -> Result:
     from llmtune.cli import app
 
     res = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+    if res.exit_code == 0 and "finetune" in args:
+        check_metric_names(res.stdout)
     return Result(res.exit_code, res.stdout, res.stderr)
+
+
+def check_metric_names(stdout: str) -> None:
+    """Every finished run of the suite checks its task's contract: each metric its eval reported is one that
+    metric_names() declares (what train.metric_for_best_model is checked against before training)."""
+    import re
+
+    from llmtune import tasks
+    from llmtune.runs import load_run
+
+    found = re.search(r"run folder: (.+)", stdout)
+    if not found or not (Path(found.group(1).strip()) / "eval_results.json").is_file():
+        return
+    folder = Path(found.group(1).strip())
+    run = load_run(folder)  # recipe and info only: weights load on first use
+    reported = [k[len("eval_"):] for k in json.loads((folder / "eval_results.json").read_text())
+                if k.startswith("eval_") and k not in ("eval_samples", "eval_runtime", "eval_samples_per_second")]
+    declared = tasks.get(run.task).metric_names(run.recipe, run.info)
+    missing = [k for k in reported if k not in declared]
+    assert not missing, f"{run.task}: eval reported {missing}, which metric_names() does not declare"
 
 
 @pytest.fixture

@@ -162,6 +162,10 @@ class TaskModule(Protocol):
         order. `outputs` holds eval_step's tensors of every row once, in row order (empty when there were none).
         May generate (ctx.accelerator shards it); every process must return the same metrics."""
 
+    def metric_names(self, recipe: Recipe, info: Any) -> list[str]:
+        """Every metric score() can report for this recipe (unprefixed), known before training: what
+        train.metric_for_best_model may name. `info` is setup()'s (None when only the recipe is known)."""
+
     def load_trained(self, path: Path, recipe: Recipe | None, info: Any) -> tuple[Any, Any]:
         """(model, tokenizer) of a finished run or model folder, for predict/eval/generate/merge."""
 
@@ -197,6 +201,25 @@ def default_loss(model: Any, batch: dict[str, Any]) -> Any:
 
 def loss_fn(task: TaskModule) -> Callable[[Any, dict[str, Any]], Any]:
     return getattr(task, "loss", default_loss)
+
+
+def check_best_metric(recipe: Recipe, info: Any) -> None:
+    """train.metric_for_best_model names a metric this task's eval reports (with a "did you mean")."""
+    import difflib
+
+    from llmtune.errors import LlmtuneError
+
+    wanted = recipe.train.metric_for_best_model
+    if wanted is None:
+        return
+    names = get(recipe.task).metric_names(recipe, info)
+    bare = wanted[len("eval_"):] if wanted.startswith("eval_") else wanted  # a Trainer user's spelling works too
+    if bare in names:
+        return
+    close = difflib.get_close_matches(bare, names, n=1, cutoff=0.5)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    raise LlmtuneError(f"train.metric_for_best_model: {recipe.task}'s eval reports no '{wanted}'{hint}; it reports "
+                       f"{', '.join(names)}")
 
 
 def recognize(config: dict[str, Any]) -> str | None:

@@ -574,6 +574,15 @@ def eval_step(model: Any, batch: dict[str, Any]) -> dict[str, Any]:
     return {"sums": sums, "counts": counts}
 
 
+def metric_names(recipe: Recipe, info: Info | None) -> list[str]:
+    from llmtune.metrics import output_names
+
+    names = ["loss", "perplexity"]
+    if recipe.data.format != "text" and recipe.generate_in_eval:
+        names += [k for m in recipe.eval.metrics or DEFAULT_GEN_METRICS for k in output_names(m)]
+    return names
+
+
 def score(ctx: EvalContext, outputs: dict[str, Any]) -> tuple[dict[str, float], list[dict[str, Any]]]:
     sums_t, counts_t = outputs["sums"], outputs["counts"]
     n_tokens = int(counts_t.sum())

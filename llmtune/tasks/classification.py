@@ -196,6 +196,10 @@ def eval_step(model: Any, batch: dict[str, Any]) -> dict[str, Any]:
     return {"logits": logits, "labels": labels}
 
 
+def metric_names(recipe: Recipe, info: Info | None) -> list[str]:
+    return ["loss", "accuracy", "f1", "precision", "recall", "f1_micro"]
+
+
 def score(ctx: EvalContext, outputs: dict[str, Any]) -> tuple[dict[str, float], list[dict[str, Any]]]:
     import torch
 

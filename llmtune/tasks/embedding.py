@@ -430,6 +430,11 @@ def retrieval_metrics(query: Any, corpus: Any, relevant: list[int]) -> tuple[dic
     return out, rank
 
 
+def metric_names(recipe: Recipe, info: Info | None) -> list[str]:
+    # the eval split's form decides (scored pairs: correlations; pairs: retrieval), whatever the train split is
+    return ["main_score", "spearman", "pearson", "recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10"]
+
+
 def score(ctx: EvalContext, outputs: dict[str, Any]) -> tuple[dict[str, float], list[dict[str, Any]]]:
     import torch.nn.functional as F
 

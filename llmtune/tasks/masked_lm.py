@@ -350,6 +350,10 @@ def eval_step(model: Any, batch: dict[str, Any]) -> dict[str, Any]:
             "pred": torch.cat(preds), "labels": labels, "input_ids": batch["input_ids"]}
 
 
+def metric_names(recipe: Recipe, info: Any) -> list[str]:
+    return ["loss", "perplexity", "accuracy", "masked_tokens"]
+
+
 def score(ctx: EvalContext, outputs: dict[str, Any]) -> tuple[dict[str, float], list[dict[str, Any]]]:
     if not outputs:
         return {}, []

@@ -592,6 +592,14 @@ def _shown(value: Any) -> Any:
     return value if isinstance(value, str) else [dict(t) for t in value]
 
 
+def metric_names(recipe: Recipe, info: Info | None) -> list[str]:
+    names = ["loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
+             "logps/rejected"]
+    if recipe.section("preference").loss == "orpo":
+        names += ["nll_loss", "log_odds_ratio", "log_odds_chosen"]
+    return names
+
+
 def score(ctx: EvalContext, outputs: dict[str, Any]) -> tuple[dict[str, float], list[dict[str, Any]]]:
     if not outputs:
         return {}, []

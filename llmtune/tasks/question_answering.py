@@ -442,6 +442,12 @@ def _answers_by_row(outputs: dict[str, Any], n_rows: int, contexts: list[str], i
                         info.null_score_diff_threshold) for i in range(n_rows)]
 
 
+def metric_names(recipe: Recipe, info: Info | None) -> list[str]:
+    if info is not None and info.version_2_with_negative:
+        return ["loss", "exact", "f1", *(f"{p}_{m}" for p in ("HasAns", "NoAns") for m in ("exact", "f1"))]
+    return ["loss", "exact_match", "f1"]
+
+
 def score(ctx: EvalContext, outputs: dict[str, Any]) -> tuple[dict[str, float], list[dict[str, Any]]]:
     from llmtune.metrics import squad_v1, squad_v2
 

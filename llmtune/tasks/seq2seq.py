@@ -248,7 +248,7 @@ def source_prefix(recipe: Recipe, kind: str | None) -> str:
     return prefix
 
 
-def metric_names(recipe: Recipe) -> list[str]:
+def eval_metrics(recipe: Recipe) -> list[str]:
     names = recipe.eval.metrics or DEFAULT_METRICS[recipe.task]
     for name in names:
         if name not in TEXT_METRICS:
@@ -275,7 +275,7 @@ def setup(recipe: Recipe, splits: dict[str, Split], tokenizer: Any) -> Info:
         raise LlmtuneError(f"{recipe.source}: model.name {recipe.model.name} is a {kind or 'decoder-only'} model "
                            f"without a decoder over an encoder; {recipe.task} needs an encoder-decoder (T5, BART, "
                            "Marian...), or use task causal_lm for a decoder")
-    names = metric_names(recipe)
+    names = eval_metrics(recipe)
     refs = [references(v, f["target_key"]) for v in eval_split.dataset[f["target_column"]]]
     signatures = {name: metrics_mod.signature(name, refs) for name in names}
     for name, sig in signatures.items():
@@ -447,6 +447,16 @@ def eval_step(model: Any, batch: dict[str, Any]) -> dict[str, Any]:
     nll = _label_nll(logits, labels)
     del logits  # before the next batch's forward, not after it
     return {"nll": nll.double(), "ntok": (labels != -100).sum(1)}
+
+
+def metric_names(recipe: Recipe, info: Info | None) -> list[str]:
+    from llmtune.metrics import output_names
+
+    names = ["loss"]
+    if recipe.generate_in_eval:
+        names += [k for m in (info.metrics if info is not None else DEFAULT_METRICS[recipe.task]) for k in output_names(m)]
+        names.append("gen_len")
+    return names
 
 
 def score(ctx: EvalContext, outputs: dict[str, Any]) -> tuple[dict[str, float], list[dict[str, Any]]]:

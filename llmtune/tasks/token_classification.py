@@ -407,6 +407,12 @@ def _span_records(words: list[str], tags: list[str], probs: list[float], scheme:
              "score": round(sum(probs[s:e]) / (e - s), 6)} for t, s, e in entities(tags, scheme)]
 
 
+def metric_names(recipe: Recipe, info: Info | None) -> list[str]:
+    types = sorted({t.split("-", 1)[-1] for t in (info.label_names if info is not None else []) if t != "O"})
+    return ["loss", "precision", "recall", "f1", "accuracy",
+            *(f"{t}_{m}" for t in types for m in ("precision", "recall", "f1", "number"))]
+
+
 def score(ctx: EvalContext, outputs: dict[str, Any]) -> tuple[dict[str, float], list[dict[str, Any]]]:
     from llmtune.metrics import seqeval_metrics
 
