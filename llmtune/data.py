@@ -69,7 +69,8 @@ def check_structure(path: Path, suffix: str, key: str) -> None:
     if len(lines) <= header:
         raise LlmtuneError(f"{key} {path}: the file has no rows" + (" (only a header)" if lines else ""))
     if suffix == ".jsonl":
-        for lineno, line in lines:
+        kinds = NestedKinds()
+        for row, (lineno, line) in enumerate(lines, 1):
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
@@ -77,6 +78,8 @@ def check_structure(path: Path, suffix: str, key: str) -> None:
             if not isinstance(record, dict):
                 raise LlmtuneError(f"{key} {path}: line {lineno}: expected a JSON object per line, "
                                    f"got {type(record).__name__}")
+            kinds.add(record, row)
+        kinds.check(f"{key} {path}:")
     elif suffix == ".json":
         try:
             obj = json.loads(text)
@@ -89,6 +92,72 @@ def check_structure(path: Path, suffix: str, key: str) -> None:
                                '([{"text": ..., "label": ...}, ...]) or JSON lines')
         if isinstance(obj, list) and not obj:
             raise LlmtuneError(f"{key} {path}: the file has no rows")
+        if isinstance(obj, list):
+            kinds = NestedKinds()
+            for row, record in enumerate(obj, 1):
+                kinds.add(record, row)
+            kinds.check(f"{key} {path}:")
+
+
+def _kind(value: Any) -> str | None:
+    if value is None:
+        return None  # a null fits any column
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"  # ints and floats share a column
+    if isinstance(value, str):
+        return "a string"
+    return "a list" if isinstance(value, list) else "an object"
+
+
+class NestedKinds:
+    """Inside lists and objects (chat turns, token lists) every value of a field is of one kind in every row.
+    The parsers cannot say which row breaks that: Arrow refuses the file, and the fallback parser turns the
+    strings of other rows into numbers (a "0" became 0, and the error was blamed on row 1). Collected over all
+    rows, the first value of a minority kind is named. Top-level columns are left to the tasks' validators,
+    whose messages name the recipe key."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, dict[str, int]] = {}
+        self.first: dict[tuple[str, str], tuple[int, str, Any]] = {}
+
+    def add(self, value: Any, row: int, generic: str = "", shown: str = "") -> None:
+        kind = _kind(value)
+        if kind is not None and ("." in generic or "[" in generic):
+            by_kind = self.counts.setdefault(generic, {})
+            by_kind[kind] = by_kind.get(kind, 0) + 1
+            self.first.setdefault((generic, kind), (row, shown, value))
+        if isinstance(value, dict):
+            for k, v in value.items():
+                self.add(v, row, f"{generic}.{k}" if generic else k, f"{shown}.{k}" if shown else k)
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                self.add(v, row, f"{generic}[]", f"{shown}[{i}]")
+
+    def check(self, where: str) -> None:
+        worst = None
+        for generic, by_kind in self.counts.items():
+            if len(by_kind) < 2:
+                continue
+            usual = max(by_kind, key=lambda k: (by_kind[k], -self.first[(generic, k)][0]))
+            for kind in by_kind:
+                if kind != usual:
+                    row, shown, value = self.first[(generic, kind)]
+                    if worst is None or row < worst[0]:
+                        worst = (row, shown, kind, value, usual, by_kind[usual], sum(by_kind.values()))
+        if worst is not None:
+            row, shown, kind, value, usual, n, total = worst
+            raise LlmtuneError(f"{where} row {row}: {shown} is {kind} ({json_snippet(value)}), where {n} of the "
+                               f"{total} values of that field are {usual.split(' ', 1)[1]}s; give them all the same "
+                               "kind (quote numbers meant as text)")
+
+
+def json_snippet(value: Any) -> str:
+    import json
+
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _expand_lang(path: str, lang: str | None) -> str:
