@@ -113,6 +113,29 @@ def wrap(model: Any, recipe: Recipe, task_type: str, resolved: ResolvedModel | N
     return peft_model
 
 
+def check_targets(recipe: Recipe, model_class: str, task_type: str, resolved: ResolvedModel) -> None:
+    """`llmtune validate`: lora.target_modules names layers of the model, checked on a skeleton of it built from its
+    config on the meta device (no weights read, no memory), with the same error `wrap` gives at training time."""
+    if not resolved.is_local or recipe.lora.target_modules in ("all-linear", ["all-linear"]):
+        return
+    import warnings
+
+    import transformers
+    from accelerate import init_empty_weights
+
+    try:
+        kw = {"gguf_file": resolved.gguf_file} if resolved.gguf_file else {}
+        config = transformers.AutoConfig.from_pretrained(resolved.path, **kw)
+        with init_empty_weights(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            skeleton = getattr(transformers, model_class).from_config(config)
+    except Exception:  # noqa: BLE001 - a config the skeleton cannot be built from is loaded (and reported) by finetune
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        wrap(skeleton, recipe, task_type, resolved)
+
+
 def trainable_summary(model: Any) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())

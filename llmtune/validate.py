@@ -26,6 +26,10 @@ def check_data(recipe: Recipe) -> list[str]:
     task = tasks.get(recipe.task)
     resolved = resolve(recipe.model)
     check_positions(recipe.train.max_seq_length, resolved)
+    if recipe.lora_enabled:
+        from llmtune import lora
+
+        lora.check_targets(recipe, task.MODEL_CLASS, task.PEFT_TASK_TYPE, resolved)
     lines = [f"model {recipe.model.name} -> {resolved.path}" + (f" ({resolved.gguf_file})" if resolved.gguf_file else "")]
     splits = data_mod.load_splits(recipe, validate=lambda s: task.validate(recipe, s))
     for split in splits.values():
