@@ -39,17 +39,29 @@ def _quiet_libraries() -> None:
     import warnings
 
     warnings.filterwarnings("ignore")
-    for name in ("transformers", "datasets", "accelerate", "peft", "torch"):
+    for name in ("transformers", "datasets", "accelerate", "peft", "torch", "huggingface_hub"):
         logging.getLogger(name).setLevel(logging.ERROR)
     try:
         import datasets
         import transformers
 
         transformers.utils.logging.set_verbosity_error()
+        import huggingface_hub
+
+        # offline, each hub request logs "Retrying in 1s [Retry 1/5]" before llmtune's one-line message
+        huggingface_hub.utils.logging.set_verbosity_error()
         transformers.utils.logging.disable_progress_bar()
         # datasets logs a parser's failure before raising it; llmtune reports it once, on one line
         datasets.utils.logging.set_verbosity(logging.CRITICAL)
         datasets.disable_progress_bars()
+        # the GGUF reader draws its own tqdm bar ("Converting and de-quantizing GGUF tensors") in the middle of
+        # llmtune's output, not through transformers' progress-bar switch
+        import functools
+
+        from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+        if not isinstance(gguf_utils.tqdm, functools.partial):
+            gguf_utils.tqdm = functools.partial(gguf_utils.tqdm, disable=True)
     except ImportError:
         pass
 

@@ -75,8 +75,10 @@ def generate_texts(
     model.eval()
     mine: list[tuple[int, str]] = []
     try:
+        from llmtune.progress import bar
+
         with torch.no_grad():
-            for b in batches[rank::world]:
+            for b in bar(batches[rank::world], desc="generating", unit="batch", main=rank == 0, leave=False):
                 # padded as the tokenizer would have padded the batch's texts (side, pad id, mask) had it tokenized them
                 enc = tokenizer.pad({k: [v[i] for i in b] for k, v in encoded.items()}, padding=True,
                                     return_tensors="pt").to(device)

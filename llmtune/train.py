@@ -135,7 +135,6 @@ def _fingerprint(recipe: Recipe, train_ds: Any, lengths: list[int], processes: i
 
 
 def _is_peft(model: Any) -> bool:
-    import sys
 
     if "peft" not in sys.modules:  # nothing made a PEFT model; importing peft only to ask would cost ~2 s
         return False
@@ -422,7 +421,11 @@ def evaluate(task: tasks.TaskModule, ctx: tasks.EvalContext) -> tuple[dict[str, 
     per_batch = []
     try:
         with hardware.full_precision(model), torch.no_grad():
-            for batch in ctx.loader:
+            from llmtune.progress import bar
+
+            # leave=False: during training the eval bar goes when it is done, under the training bar
+            for batch in bar(ctx.loader, total=len(ctx.loader), desc=f"eval ({ctx.split.name})", unit="batch",
+                             main=ctx.accelerator.is_main_process, leave=False):
                 idx = batch.pop("idx")
                 outputs = task.eval_step(model, batch)
                 if outputs:
@@ -500,12 +503,9 @@ def save_checkpoint(run: Run, rotate: bool = True) -> None:
 
 
 def _progress_bar(run: Run) -> Any:
-    from tqdm.auto import tqdm
+    from llmtune.progress import bar
 
-    # TQDM_DISABLE read here too: tqdm reads it once, at import, so a caller setting it later was not heard
-    quiet = os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true")
-    return tqdm(total=run.max_steps, initial=run.state.global_step, disable=not run.main or quiet, desc="training",
-                unit="step", dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 30)
+    return bar(total=run.max_steps, initial=run.state.global_step, main=run.main, desc="training", unit="step")
 
 
 def train(run: Run) -> None:
