@@ -223,12 +223,19 @@ def build_prompt(recipe: Recipe, shots: list[tuple[str, str]], text: str, choice
 
 def chat_messages(recipe: Recipe, shots: list[tuple[str, str]], text: str,
                   choices: list[str] | None = None) -> list[dict[str, str]]:
-    """lm-eval's --apply_chat_template --fewshot_as_multiturn: the task line as the system message (where lm-eval
-    puts a task's `description`), each example a user turn and an assistant turn, then the input as a user turn."""
+    """lm-eval's --apply_chat_template --fewshot_as_multiturn on the plain layout: the task line as the system
+    message (where lm-eval puts a task's `description`), each example a user turn (its doc_to_text: the plain
+    block's "Text: ...\nLabel:") and an assistant turn (its answer), then the input to answer as a user turn: plain
+    and chat differ by the template alone."""
+    spec = tasks.get(recipe.task).prompt_spec(recipe)
+
+    def user(x: str) -> dict[str, str]:
+        return {"role": "user", "content": f"{spec.input_header}: {x}\n{spec.output_header}:"}
+
     messages = [{"role": "system", "content": task_line(recipe, choices)}]
     for x, y in shots:
-        messages += [{"role": "user", "content": x}, {"role": "assistant", "content": y}]
-    messages.append({"role": "user", "content": text})
+        messages += [user(x), {"role": "assistant", "content": y}]
+    messages.append(user(text))
     return messages
 
 

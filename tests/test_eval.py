@@ -160,16 +160,16 @@ def test_chat_prompt_is_lm_evals_multiturn_layout(tiny_chat: Path) -> None:
     msgs = chat_messages(recipe, shots, "a clever film", ["negative", "positive"])
     assert render_chat_prompt(tok, msgs) == (
         "<|im_start|>system\nClassify each text as one of: negative, positive.<|im_end|>\n"
-        "<|im_start|>user\ngreat food<|im_end|>\n<|im_start|>assistant\npositive<|im_end|>\n"
-        "<|im_start|>user\nrude staff<|im_end|>\n<|im_start|>assistant\nnegative<|im_end|>\n"
-        "<|im_start|>user\na clever film<|im_end|>\n<|im_start|>assistant\n")
+        "<|im_start|>user\nText: great food\nLabel:<|im_end|>\n<|im_start|>assistant\npositive<|im_end|>\n"
+        "<|im_start|>user\nText: rude staff\nLabel:<|im_end|>\n<|im_start|>assistant\nnegative<|im_end|>\n"
+        "<|im_start|>user\nText: a clever film\nLabel:<|im_end|>\n<|im_start|>assistant\n")
     assert turn_end(tok) == ([tok.convert_tokens_to_ids("<|im_end|>")], "")
     # a template that refuses a system turn gets the task line at the head of the first user turn
     tok.chat_template = ("{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no system') }}"
                          "{% endif %}<{{ m['role'] }}>{{ m['content'] }}</s>{% endfor %}"
                          "{% if add_generation_prompt %}<assistant>{% endif %}")
     assert render_chat_prompt(tok, chat_messages(recipe, [], "a clever film", ["negative", "positive"])) == \
-        "<user>Classify each text as one of: negative, positive.\n\na clever film</s><assistant>"
+        "<user>Classify each text as one of: negative, positive.\n\nText: a clever film\nLabel:</s><assistant>"
     assert turn_end(tok) == ([], "</s>")
 
 
