@@ -422,7 +422,8 @@ def _eval_lm(model: str | None, names: list[str], task_files: list[Path], text: 
         res = lmeval_cmd.run_perplexity(model, text, text_field, stride, max_length, batch_size, bootstrap, seed,
                                         output_dir)
         cfg = res["config"]
-        _print_scores(res["perplexity"], title=f"perplexity of {text} ({res['totals']['tokens']} tokens, "
+        what = "pseudo-perplexity" if cfg["masked_lm"] else "perplexity"
+        _print_scores(res["perplexity"], title=f"{what} of {text} ({res['totals']['tokens']} tokens, "
                       f"{len(res['documents'])} documents; max length {cfg['max_length']}, "
                       f"stride {cfg['stride'] or cfg['max_length']})")
     else:

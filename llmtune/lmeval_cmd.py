@@ -49,7 +49,23 @@ def _masked_config(config: dict[str, Any]) -> bool:
 def find_lm(model_arg: str, what: str = "--model") -> LM:
     """A run or model folder (through runs.load_run: LoRA adapters on their base), else an alias, GGUF file or hub
     id; causal unless its config describes a masked LM."""
+    from llmtune.lora import load_base
+    from llmtune.models import load_model, load_tokenizer, read_config, resolve
+    from llmtune.recipe import ModelArgs
+
     path = Path(model_arg).expanduser()
+    plain = path.is_dir() and not (path / runs.INFO_FILE).is_file() and not (path / "adapter_config.json").is_file()
+    if plain and (path / "config.json").is_file() and _masked_config(read_config(path)):
+        # a plain masked-LM folder: tasks.recognize would hand it to causal_lm, which claims any non-seq2seq config
+        # before masked_lm is asked
+        folder_args = ModelArgs(name=str(path))
+
+        def masked_folder() -> tuple[Any, Any]:
+            from transformers import AutoModelForMaskedLM
+
+            return load_model(AutoModelForMaskedLM, folder_args), load_tokenizer(folder_args)
+
+        return LM(str(model_arg), "masked", masked_folder)
     if path.is_dir() and any((path / f).is_file() for f in (runs.INFO_FILE, "config.json", "adapter_config.json")):
         run = runs.load_run(path)
         model_class = tasks.get(run.task).MODEL_CLASS
@@ -61,10 +77,6 @@ def find_lm(model_arg: str, what: str = "--model") -> LM:
             raise LlmtuneError(f"{what} {model_arg}: a {run.task} model; log-likelihoods need a language model (a "
                                "causal_lm or preference run, a decoder, or a masked_lm run)")
         return LM(str(model_arg), kind, lambda: (run.model, run.tokenizer))
-    from llmtune.lora import load_base
-    from llmtune.models import load_model, load_tokenizer, read_config, resolve
-    from llmtune.recipe import ModelArgs
-
     args = ModelArgs(name=model_arg)
     resolved = resolve(args, where=what)
     config = read_config(resolved.path) if resolved.is_local and not resolved.gguf_file else {}
@@ -283,16 +295,25 @@ def perplexity_metrics(docs: list[str], scored: list[dict[str, Any]]) -> dict[st
 
 
 def _perplexity_ci(docs: list[str], scored: list[dict[str, Any]], bootstrap: int, seed: int) -> dict[str, Any]:
-    """Percentile bootstrap over documents (a single document has none)."""
+    """Percentile bootstrap over documents (a single document has none): each resample's ratios of sums."""
+    import numpy as np
+
     from llmtune.metrics import bootstrap_ci
 
     if not bootstrap or len(docs) < 2:
         return {}
+    ll = np.array([s["loglikelihood"] for s in scored])
+    counts = {"token_perplexity": np.array([s["tokens"] for s in scored], dtype=float),
+              "word_perplexity": np.array([word_count(d) for d in docs], dtype=float),
+              "byte_perplexity": np.array([len(d.encode("utf-8")) for d in docs], dtype=float)}
     idx = list(range(len(docs)))
 
     def fn(preds: list[int], refs: list[int]) -> dict[str, float]:
-        m = perplexity_metrics([docs[i] for i in preds], [scored[i] for i in preds])
-        return {k: m[k] for k in ("token_perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte")}
+        sel = np.asarray(preds)
+        total = float(ll[sel].sum())
+        out = {k: math.exp(-total / float(v[sel].sum())) for k, v in counts.items()}
+        out["bits_per_byte"] = -total / float(counts["byte_perplexity"][sel].sum()) / math.log(2)
+        return out
 
     return bootstrap_ci(fn, idx, idx, n=bootstrap, seed=seed)
 
@@ -308,15 +329,20 @@ def run_perplexity(model: str, text: Path, field: str | None, stride: int | None
         raise LlmtuneError(f"--stride {stride} is larger than --max-length {max_length}: tokens between windows "
                            "would never be scored")
     lm = find_lm(model)
-    if lm.kind != "causal":
-        raise LlmtuneError(f"--model {model}: a masked LM; its pseudo-perplexity is not implemented yet: "
-                           "--metric perplexity --text needs a causal LM")
+    if lm.kind == "masked" and stride is not None:
+        raise LlmtuneError(f"--stride {stride}: a masked LM's pseudo-perplexity sees every other token of its "
+                           "window; --stride applies to causal LMs")
     docs = read_documents(text, field)
     m, tok = lm.load()
     length = max_length or loglik.model_max_length(m, tok)
     if stride is not None and stride > length:
         raise LlmtuneError(f"--stride {stride} is larger than the maximum length {length} (the model's)")
-    scored = loglik.loglikelihood_rolling(m, tok, docs, max_length=length, stride=stride, batch_size=batch_size)
+    if lm.kind == "masked":
+        scored = loglik.pseudo_loglikelihood(m, tok, docs, max_length=length, batch_size=batch_size)
+        method = "pseudo-log-likelihood (each token masked in turn; Salazar et al. 2020)"
+    else:
+        scored = loglik.loglikelihood_rolling(m, tok, docs, max_length=length, stride=stride, batch_size=batch_size)
+        method = "lm-eval loglikelihood_rolling" if stride is None else "strided windows"
     values = perplexity_metrics(docs, scored)
     cis = _perplexity_ci(docs, scored, bootstrap, seed)
     n = len(docs)
@@ -332,7 +358,7 @@ def run_perplexity(model: str, text: Path, field: str | None, stride: int | None
         "totals": {k: values[k] for k in ("loglikelihood", "tokens", "words", "bytes")},
         "n-samples": {name: {"original": n, "effective": n}},
         "config": {"model": model, "text": str(text), "text_field": field, "max_length": length, "stride": stride,
-                   "method": "lm-eval loglikelihood_rolling" if stride is None else "strided windows",
+                   "method": method, "masked_lm": lm.kind == "masked",
                    "windows": sum(s["windows"] for s in scored), "batch_size": batch_size, "bootstrap": bootstrap,
                    "seed": seed},
         "documents": [{"loglikelihood": s["loglikelihood"], "tokens": s["tokens"], "words": word_count(d),

@@ -13,6 +13,7 @@ lm_eval/utils.py get_rolling_token_windows / make_disjoint_window):
     tokenizer's model_max_length, else 2048;
   - rolling log-likelihood: the document's tokens are cut into windows that predict each token exactly once; the
     first window is conditioned on the prefix token.
+Masked LMs have no left-to-right likelihood: `pseudo_loglikelihood` masks each token in turn (Salazar et al.).
 No Typer here and no files: pure model code.
 """
 
@@ -93,14 +94,21 @@ def score_tokens(model: Any, requests: list[tuple[list[int], list[int]]], batch_
         if len(cont) > max_length:
             raise LlmtuneError(f"request {i}: the continuation has {len(cont)} tokens, more than the "
                                f"maximum length {max_length}")
-    # longest first, as lm-eval's Collator: batches of similar lengths pad little, and a memory error shows at once
-    order = sorted(range(len(requests)), key=lambda i: (-len(requests[i][0]) - len(requests[i][1]),
-                                                         tuple(requests[i][0] + requests[i][1])))
+    # lm-eval's Collator (group_by="contexts"): requests sharing context + continuation[:-1] (the choices of one
+    # question that are one token each) need one forward, of the longest; longest first, so that batches of
+    # similar lengths pad little, a memory error shows at once, and the batches are lm-eval's (same shapes, same
+    # numbers to the last bit)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, (ctx, cont) in enumerate(requests):
+        groups.setdefault(tuple(ctx + cont[:-1]), []).append(i)
+    heads = [max(members, key=lambda i: len(requests[i][1])) for members in groups.values()]
+    members_of = {head: groups[tuple(requests[head][0] + requests[head][1][:-1])] for head in heads}
+    heads.sort(key=lambda i: (-len(requests[i][0]) - len(requests[i][1]), tuple(requests[i][0] + requests[i][1])))
     device = next(model.parameters()).device
     out: list[tuple[float, bool] | None] = [None] * len(requests)
     with torch.no_grad():
-        for start in range(0, len(order), batch_size):
-            chunk = order[start:start + batch_size]
+        for start in range(0, len(heads), batch_size):
+            chunk = heads[start:start + batch_size]
             # the last token is only predicted; longer inputs lose their oldest context tokens
             inps = [(requests[i][0] + requests[i][1])[-(max_length + 1):][:-1] for i in chunk]
             width = max(map(len, inps))
@@ -109,13 +117,14 @@ def score_tokens(model: Any, requests: list[tuple[list[int], list[int]]], batch_
             ids = torch.tensor([x + [0] * (width - len(x)) for x in inps], dtype=torch.long, device=device)
             logits = model(input_ids=ids).logits
             logp = torch.log_softmax(logits.float(), dim=-1)  # fp32 whatever the weights' dtype
-            for row, i in enumerate(chunk):
-                cont = requests[i][1]
-                n, inplen = len(cont), len(inps[row])
-                lp = logp[row, inplen - n:inplen]
-                target = torch.tensor(cont, dtype=torch.long, device=device)
-                greedy = bool((lp.argmax(-1) == target).all())
-                out[i] = (float(lp.gather(-1, target[:, None]).sum()), greedy)
+            for row, head in enumerate(chunk):
+                inplen = len(inps[row])
+                for i in members_of[head]:
+                    cont = requests[i][1]
+                    lp = logp[row, inplen - len(cont):inplen]
+                    target = torch.tensor(cont, dtype=torch.long, device=device)
+                    greedy = bool((lp.argmax(-1) == target).all())
+                    out[i] = (float(lp.gather(-1, target[:, None]).sum()), greedy)
     return [r for r in out if r is not None]
 
 
@@ -178,9 +187,58 @@ def loglikelihood_rolling(model: Any, tokenizer: Any, texts: list[str], max_leng
         for pair in rolling_windows(tokens, prefix, length, length - step + 1):
             windows.append(pair)
             owner.append(t)
-    scores = score_tokens(model, windows, batch_size, length) if windows else []
+    # lm-eval scores the windows in their order, batch_size at a time: the same batches, the same numbers
+    scores = [r for b in range(0, len(windows), batch_size)
+              for r in score_tokens(model, windows[b:b + batch_size], batch_size, length)]
     out = [{"loglikelihood": 0.0, "tokens": n, "windows": 0} for n in counts]
     for t, (ll, _) in zip(owner, scores, strict=True):
         out[t]["loglikelihood"] += ll
         out[t]["windows"] += 1
+    return out
+
+
+def pseudo_loglikelihood(model: Any, tokenizer: Any, texts: list[str], max_length: int | None = None,
+                         batch_size: int = 8) -> list[dict[str, Any]]:
+    """A masked LM's pseudo-log-likelihood (Salazar et al., 2020, "Masked Language Model Scoring"): each token
+    masked in turn and scored given all the others; per text {"loglikelihood", "tokens", "windows"}. A text longer
+    than the model's positions is cut into consecutive windows of max_length - 2 tokens, each between the
+    tokenizer's own special tokens ([CLS] ... [SEP])."""
+    import torch
+
+    if tokenizer.mask_token_id is None:
+        raise LlmtuneError("the tokenizer has no mask token: pseudo-perplexity needs a masked LM")
+    length = max_length or model_max_length(model, tokenizer)
+    # what frames every window: [CLS] ... [SEP] for BERT, <s> ... </s> for RoBERTa
+    first = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+    last = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+    prefix, suffix = [t for t in (first,) if t is not None], [t for t in (last,) if t is not None]
+    n_special = len(prefix) + len(suffix)
+    if length <= n_special:
+        raise LlmtuneError(f"--max-length {length}: leaves no room for text between the special tokens")
+    body = length - n_special
+    device = next(model.parameters()).device
+    rows: list[tuple[int, list[int], int]] = []  # (text, framed window, position to mask)
+    out = []
+    for t, text in enumerate(texts):
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        windows = [ids[i:i + body] for i in range(0, len(ids), body)]
+        for w in windows:
+            framed = prefix + w + suffix
+            rows.extend((t, framed, len(prefix) + j) for j in range(len(w)))
+        out.append({"loglikelihood": 0.0, "tokens": len(ids), "windows": len(windows)})
+    with torch.no_grad():
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start:start + batch_size]
+            width = max(len(r[1]) for r in chunk)
+            pad = tokenizer.pad_token_id or 0
+            ids = torch.tensor([r[1] + [pad] * (width - len(r[1])) for r in chunk], device=device)
+            mask = torch.tensor([[1] * len(r[1]) + [0] * (width - len(r[1])) for r in chunk], device=device)
+            pos = torch.tensor([r[2] for r in chunk], device=device)
+            rows_idx = torch.arange(len(chunk), device=device)
+            target = ids[rows_idx, pos].clone()
+            ids[rows_idx, pos] = tokenizer.mask_token_id
+            logits = model(input_ids=ids, attention_mask=mask).logits[rows_idx, pos]
+            lp = torch.log_softmax(logits.float(), dim=-1).gather(-1, target[:, None])[:, 0]
+            for (t, _, _), v in zip(chunk, lp.tolist(), strict=True):
+                out[t]["loglikelihood"] += v
     return out

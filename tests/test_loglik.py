@@ -282,3 +282,84 @@ def test_perplexity_of_a_txt_file_is_one_document(tiny_llama: Path, lm: tuple[An
     (want,) = loglik.loglikelihood_rolling(model, tok, [TEXTS[0] + "\n" + TEXTS[2]], max_length=64, stride=16)
     assert got["totals"]["loglikelihood"] == pytest.approx(want["loglikelihood"], abs=1e-4)
     assert "token_perplexity" in res.stdout
+
+
+def test_lora_run_column_equals_lm_eval_on_the_adapted_model(tiny_llama: Path, task_dir: Path, tmp_path: Path, cli,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """--finetuned RUN scores the LoRA run (its adapter on the base, through runs.load_run) as lm-eval's HFLM
+    scores that same model instance."""
+    lm_eval = pytest.importorskip("lm_eval")
+    import yaml
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    from llmtune import runs
+
+    run = tmp_path / "run"
+    recipe = {"task": "causal_lm", "model": {"name": str(tiny_llama)},
+              "data": {"dataset": "llmtune:instruct", "max_train_samples": 8, "max_eval_samples": 2},
+              "lora": {"r": 4, "alpha": 8},
+              "train": {"output_dir": str(run), "max_steps": 2, "per_device_train_batch_size": 4,
+                        "learning_rate": 5e-2, "max_seq_length": 64},
+              "eval": {"before_training": False}}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    assert cli("finetune", tmp_path / "r.yaml").exit_code == 0
+    out = tmp_path / "ev"
+    res = cli("eval", "--model", tiny_llama, "--task", task_dir / "odd_one.yaml", "--finetuned", run,
+              "--num-fewshot", "1", "--output-dir", out, "--log-samples")
+    assert res.exit_code == 0, res.output
+    ours = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    (label,) = ours["finetuned"]
+    tuned = [json.loads(x) for x in next(out.glob("samples_odd_one.*.jsonl")).read_text(encoding="utf-8").splitlines()]
+    base = _samples(out, "odd_one")
+    assert any(abs(a["filtered_resps"][0][0] - b["filtered_resps"][0][0]) > 1e-3 for a, b in zip(base, tuned, strict=True))
+    loaded = runs.load_run(run)
+    monkeypatch.chdir(task_dir)
+    theirs = lm_eval.simple_evaluate(model=HFLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=4),
+                                     tasks=["odd_one"], num_fewshot=1, log_samples=True,
+                                     task_manager=TaskManager(include_path=str(task_dir), include_defaults=False))
+    for key in ("acc,none", "acc_norm,none"):
+        assert ours["finetuned"][label]["results"]["odd_one"][key] == pytest.approx(theirs["results"]["odd_one"][key],
+                                                                                    abs=1e-6)
+    for a, b in zip(theirs["samples"]["odd_one"], tuned, strict=True):
+        for (ll_a, _), (ll_b, _) in zip(a["filtered_resps"], b["filtered_resps"], strict=True):
+            assert float(ll_a) == pytest.approx(ll_b, abs=1e-4)
+
+
+def test_pseudo_perplexity_of_a_masked_lm(tiny_bert: Path, tmp_path: Path, cli) -> None:
+    """Each token masked in turn, scored given the others (Salazar et al.); windows for long texts."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+
+    from llmtune import loglik
+
+    tok = AutoTokenizer.from_pretrained(tiny_bert)
+    torch.manual_seed(0)
+    model = BertForMaskedLM(BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
+                                       num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)).eval()
+    folder = tmp_path / "mlm"
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    texts = ["a warm and clever film", "rude staff " * 20]
+    got = loglik.pseudo_loglikelihood(model, tok, texts, max_length=16, batch_size=5)
+    for text, g in zip(texts, got, strict=True):
+        ids = tok.encode(text, add_special_tokens=False)
+        want = 0.0
+        for w in range(0, len(ids), 14):
+            window = [tok.cls_token_id, *ids[w:w + 14], tok.sep_token_id]
+            for j in range(1, len(window) - 1):
+                masked = list(window)
+                masked[j] = tok.mask_token_id
+                with torch.no_grad():
+                    logp = model(torch.tensor([masked])).logits[0, j].log_softmax(-1)
+                want += float(logp[window[j]])
+        assert g["tokens"] == len(ids) and g["windows"] == -(-len(ids) // 14)
+        assert g["loglikelihood"] == pytest.approx(want, abs=1e-4)
+    text = write_jsonl(tmp_path / "t.jsonl", [{"text": t} for t in texts])
+    res = cli("eval", "--model", folder, "--metric", "perplexity", "--text", text, "--max-length", "16",
+              "--output-dir", tmp_path / "ev")
+    assert res.exit_code == 0, res.output
+    assert "pseudo-perplexity" in res.stdout
+    out = json.loads((tmp_path / "ev" / "results.json").read_text(encoding="utf-8"))
+    assert out["config"]["masked_lm"]
+    assert out["totals"]["loglikelihood"] == pytest.approx(sum(g["loglikelihood"] for g in got), abs=1e-4)
