@@ -210,8 +210,11 @@ def recipes_copy(
     target = dest / src.name if dest.is_dir() else dest
     if target.exists() and not force:
         raise LlmtuneError(f"{target}: already exists; use --force to overwrite it")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(src.read_text(encoding="utf-8"), encoding="utf-8")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(src.read_text(encoding="utf-8"), encoding="utf-8")
+    except OSError as e:
+        raise LlmtuneError(f"{target}: cannot write it ({e.strerror or e})") from e
     console.print(f"copied {name} to {target}")
 
 

@@ -257,6 +257,15 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     return recipe
 
 
+def _first_changed(section: Any) -> str:
+    """The first field of a section's dataclass that differs from its default."""
+    default = type(section)()
+    for f in dataclasses.fields(section):
+        if getattr(section, f.name) != getattr(default, f.name):
+            return f.name
+    return dataclasses.fields(section)[0].name
+
+
 def check_recipe(r: Recipe) -> None:
     """Combinations that no single field's type can rule out."""
     s = r.source
@@ -292,9 +301,17 @@ def check_recipe(r: Recipe) -> None:
         v = getattr(r.data, key)
         if v is not None and v < 1:
             raise LlmtuneError(f"{s}: data.{key} must be at least 1 or null, got {v}")
-    if r.lora.enabled and tasks.get(r.task).PEFT_TASK_TYPE is None:
-        raise LlmtuneError(f"{s}: lora.enabled: task {r.task} trains all weights and has no LoRA adapters; "
+    module = tasks.get(r.task)
+    if module.PEFT_TASK_TYPE is None and r.lora.enabled is not False and r.lora != type(r.lora)():
+        key = "enabled" if r.lora.enabled else _first_changed(r.lora)
+        raise LlmtuneError(f"{s}: lora.{key}: task {r.task} trains all weights and has no LoRA adapters; "
                            "remove the lora section (or set lora.enabled=false)")
+    if not getattr(module, "GENERATES", False):
+        if r.generation != type(r.generation)():
+            raise LlmtuneError(f"{s}: generation.{_first_changed(r.generation)}: task {r.task} does not generate "
+                               "text; remove the generation section")
+        if r.eval.generate:
+            raise LlmtuneError(f"{s}: eval.generate: task {r.task} does not generate text; remove it")
     if r.lora.load_in_4bit and not r.lora_enabled:
         raise LlmtuneError(f"{s}: lora.load_in_4bit (QLoRA) needs LoRA; set lora.enabled=true")
     if r.lora.r < 1:

@@ -25,6 +25,7 @@ MODEL_CLASS = "AutoModelForCausalLM"
 PEFT_TASK_TYPE = "CAUSAL_LM"
 LORA_DEFAULT = True  # LoRA adapters unless lora.enabled=false
 GENERATE_DEFAULT = False  # eval loss by default; eval.generate=true also generates and scores the answers
+GENERATES = True  # its runs generate text: the generation section and eval.generate apply
 #: the base model's eval loss is the yardstick of a fine-tune: the loop may evaluate once before step 1
 EVAL_BEFORE_TRAINING = True
 DEFAULT_METRIC = "loss"

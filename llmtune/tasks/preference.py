@@ -37,6 +37,7 @@ MODEL_CLASS = "AutoModelForCausalLM"
 PEFT_TASK_TYPE = "CAUSAL_LM"
 LORA_DEFAULT = True
 GENERATE_DEFAULT = False
+GENERATES = True  # its runs generate text: the generation section and eval.generate apply
 #: the untrained policy's numbers (loss log 2, accuracy 0.5 for DPO) are the baseline of a run
 EVAL_BEFORE_TRAINING = True
 DEFAULT_METRIC = "rewards/accuracies"  # TRL's name

@@ -35,6 +35,7 @@ MODEL_CLASS = "AutoModelForSeq2SeqLM"
 PEFT_TASK_TYPE = None  # full fine-tuning only
 LORA_DEFAULT = False
 GENERATE_DEFAULT = True  # generate-then-score: the metrics users report are on generated text
+GENERATES = True  # its runs generate text: the generation section and eval.generate apply
 EVAL_BEFORE_TRAINING = False
 # The loop's default for picking the best checkpoint. One module serves two tasks whose main metrics differ
 # (rougeL, bleu), and eval loss exists for both; set train.metric_for_best_model=rougeL (or bleu) to use those.
