@@ -341,6 +341,9 @@ def eval_(
         _eval_lm(model, names, task or [], text, text_field, stride, max_length, num_fewshot, prompt_format,
                  finetuned or [], log_samples, batch_size, bootstrap, seed, output_dir, output)
         return
+    if log_samples:
+        raise LlmtuneError("--log-samples writes the per-sample records of --task multiple-choice scoring; "
+                           "predictions.jsonl already holds them for this evaluation")
     if predictions is not None:
         if model is not None:
             raise LlmtuneError("give either --predictions/--references (score files) or --model (evaluate a model)")

@@ -419,7 +419,7 @@ def run_eval(model: str, recipe_arg: str | None, overrides: list[str], split: st
         # evaluate the run on the same data as the baselines
         run_recipe.data = recipe.data
         settings.append(evaluate_model(run, run_recipe, split, metrics, bootstrap, seed))
-    out = output_dir or (Path(model) / f"eval-{split}" if Path(model).is_dir() else Path("runs") / "eval")
+    out = output_dir or runs.default_eval_dir(model, f"eval-{split}")
     result = {
         "results": {s.name: s.metrics for s in settings},
         "config": {

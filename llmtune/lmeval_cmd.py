@@ -166,8 +166,9 @@ def _harness_results(name: str, metrics: dict[str, Any]) -> dict[str, Any]:
 def _out_dir(model: str, output_dir: Path | None, what: str) -> Path:
     if output_dir is not None:
         return output_dir
-    p = Path(model)
-    return p / f"eval-{what}" if p.is_dir() else Path("runs") / f"eval-{what}"
+    from llmtune.runs import default_eval_dir
+
+    return default_eval_dir(model, f"eval-{what}")
 
 
 def _slug(text: str) -> str:

@@ -426,6 +426,16 @@ def run_task(path: Path) -> tuple[str, dict[str, Any]]:
     return task, {}
 
 
+def default_eval_dir(model: str, name: str) -> Path:
+    """Where `llmtune eval --model M` writes without --output-dir: inside M when M is an llmtune run folder
+    (RUN/eval-SPLIT, beside the run's own eval), else runs/NAME. A model folder llmtune did not write (a download,
+    the user's own export) gets nothing added to it."""
+    p = Path(model).expanduser()
+    if p.is_dir() and any((p / f).is_file() for f in (INFO_FILE, MANIFEST, "run_info.json")):
+        return p / name
+    return Path("runs") / name
+
+
 def load_run(path: Path | str, overrides: list[str] | None = None, recipe: Any = None) -> LoadedRun:
     """A run folder (or a plain model folder) ready to use: task, resolved recipe (with `section.key=value`
     overrides, or the `recipe` given), the task's info, model (eval mode, loaded on first use) and tokenizer.

@@ -61,6 +61,10 @@ def check_recipe(recipe: Recipe) -> None:
                            "(or leave it out to take the classes from the data)")
     if d.label_names is not None and len(set(d.label_names)) != len(d.label_names):
         raise LlmtuneError(f"{recipe.source}: data.label_names has duplicates: {d.label_names}")
+    for key in ("text_column", "text_pair_column"):
+        if getattr(d, key) == d.label_column:
+            raise LlmtuneError(f"{recipe.source}: data.{key} and data.label_column are both '{d.label_column}': the "
+                               "model would read its answer")
 
 
 def recognizes(config: dict[str, Any]) -> bool:
