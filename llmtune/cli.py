@@ -338,6 +338,12 @@ def eval_(
     if task or text is not None:
         if predictions is not None:
             raise LlmtuneError("--task and --text score a --model, not a --predictions file: give one or the other")
+        if shots or recipe:
+            raise LlmtuneError(f"{'--shots' if shots else '--recipe'} evaluates a recipe's data; --task and --text "
+                               "bring their own (leave it out)")
+        if text is not None and prompt_format is not None:
+            raise LlmtuneError(f"--prompt-format {prompt_format}: applies to --task and --shots prompts, not to "
+                               "--text")
         _eval_lm(model, names, task or [], text, text_field, stride, max_length, num_fewshot, prompt_format,
                  finetuned or [], log_samples, batch_size, bootstrap, seed, output_dir, output)
         return
