@@ -49,6 +49,7 @@ class TrainerState:
     train_loss_count: int = 0
     pending_loss_sum: float = 0.0  # micro-batch losses since the last log line, so a resume loses none
     pending_loss_n: int = 0
+    pending_extras: dict[str, list[float]] = field(default_factory=dict)  # the loss hook's extras: name -> [sum, n]
     best_metric: float | None = None
     best_step: int | None = None
     train_seconds: float = 0.0
@@ -325,6 +326,11 @@ def load_data_and_model(run: Run) -> None:
     if len(run.train_ds) == 0:
         raise LlmtuneError(f"{run.splits['train'].origin}: no training rows left after preprocessing")
     run.model = task.load_model(recipe, run.tokenizer, run.info)
+    with_model = getattr(task, "with_model", None)
+    if with_model is not None:  # columns computed by the starting model (a reference's log-probs), cached
+        with run.accelerator.main_process_first():
+            run.train_ds = with_model(recipe, run.tokenizer, run.model, run.train_ds, "train", run.accelerator)
+            run.eval_ds = with_model(recipe, run.tokenizer, run.model, run.eval_ds, "eval", run.accelerator)
     if recipe.train.gradient_checkpointing:
         run.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if hasattr(run.model, "enable_input_require_grads"):
@@ -519,6 +525,8 @@ def train(run: Run) -> None:
     model.train()
     loss_acc = torch.full((), state.pending_loss_sum, device=acc.device)
     loss_n = state.pending_loss_n
+    # the loss hook's extras (rewards/accuracies...): a sum on device and a count per name, like the loss
+    extras = _ExtraMeans(acc.device, state.pending_extras)
     tok_acc = torch.zeros((), device=acc.device, dtype=torch.long)
     keep_going = True
     window_t, window_samples = time.time(), 0
@@ -533,7 +541,7 @@ def train(run: Run) -> None:
                 # per-row counts a collator may add for padding-free layouts: counted here, not model inputs
                 counts = {k: batch.pop(k) for k in ("n_tokens", "n_examples") if k in batch}
                 with acc.accumulate(model):
-                    loss = loss_of(model, batch)
+                    loss, extra = _split_loss(loss_of(model, batch))
                     acc.backward(loss)
                     finite = True
                     if acc.sync_gradients:
@@ -564,6 +572,7 @@ def train(run: Run) -> None:
                 if finite:
                     loss_acc += loss.detach().float()
                     loss_n += 1
+                    extras.add(extra)
                 if not acc.sync_gradients:
                     continue
                 state.global_step += 1
@@ -574,6 +583,7 @@ def train(run: Run) -> None:
                     state.train_loss_count += loss_n
                     loss_acc.zero_()
                     loss_n = 0
+                    extra_means = extras.pop(acc)
                     state.tokens_seen += int(acc.reduce(tok_acc, "sum"))
                     tok_acc.zero_()
                     now = time.time()
@@ -581,8 +591,11 @@ def train(run: Run) -> None:
                     window_t, window_samples = now, 0
                     lr = run.scheduler.get_last_lr()[0]
                     log(run, {"step": state.global_step, "epoch": round(state.global_step / run.updates_per_epoch, 4),
-                              "loss": round(mean_loss, 6), "learning_rate": lr, "samples_per_second": round(sps, 2)})
-                    progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", sps=f"{sps:.1f}")
+                              "loss": round(mean_loss, 6), **{k: round(v, 6) for k, v in extra_means.items()},
+                              "learning_rate": lr, "samples_per_second": round(sps, 2)})
+                    # the bar has room for the first two extras (a task puts the ones worth watching first)
+                    shown = {k.rsplit("/", 1)[-1]: f"{v:.4f}" for k, v in list(extra_means.items())[:2]}
+                    progress.set_postfix({"loss": f"{mean_loss:.4f}", **shown, "lr": f"{lr:.2e}", "sps": f"{sps:.1f}"})
                 is_epoch_end = state.batches_in_epoch >= run.batches_per_epoch
                 do_eval = (t.eval_steps and state.global_step % t.eval_steps == 0) or \
                     (not t.eval_steps and is_epoch_end and state.global_step < run.max_steps)
@@ -594,6 +607,7 @@ def train(run: Run) -> None:
                     state.epoch, state.batches_in_epoch = epoch + 1, 0
                 if do_save or stop_now:
                     state.pending_loss_sum, state.pending_loss_n = float(loss_acc), loss_n
+                    state.pending_extras = extras.pending()
                     state.train_seconds += time.time() - seg_start
                     seg_start = time.time()
                     save_checkpoint(run)
@@ -611,8 +625,57 @@ def train(run: Run) -> None:
         # the final eval and write can take minutes: until the final model is in place, the last step is kept
         # in a checkpoint (outside the rotation, removed once the run is written), so no signal costs training
         state.pending_loss_sum, state.pending_loss_n = float(loss_acc), loss_n
+        state.pending_extras = extras.pending()
         save_checkpoint(run, rotate=False)
         run.final_checkpoint = run.out / f"checkpoint-{state.global_step}"
+
+
+def _split_loss(value: Any) -> tuple[Any, dict[str, Any]]:
+    """A loss hook's result: a bare loss tensor, or (loss, {name: per-example values or a scalar})."""
+    if isinstance(value, tuple):
+        loss, extra = value
+        return loss, extra
+    return value, {}
+
+
+class _ExtraMeans:
+    """Means over a logging window of the loss hook's extras, accumulated on device (no sync per step): each
+    value of a per-example tensor counts once (preference: per pair), a scalar once per micro-batch. At a logging
+    step one reduction sums every process's sums and counts."""
+
+    def __init__(self, device: Any, pending: dict[str, list[float]]) -> None:
+        import torch
+
+        self.device = device
+        self.sums = {k: torch.tensor(float(s), device=device) for k, (s, _) in pending.items()}
+        self.counts = {k: int(n) for k, (_, n) in pending.items()}
+
+    def add(self, extra: dict[str, Any]) -> None:
+        import torch
+
+        for name, v in extra.items():
+            v = v.detach().float() if isinstance(v, torch.Tensor) else torch.tensor(float(v), device=self.device)
+            if name not in self.sums:
+                self.sums[name], self.counts[name] = torch.zeros((), device=self.device), 0
+            self.sums[name] += v.sum()
+            self.counts[name] += v.numel()
+
+    def pop(self, acc: Any) -> dict[str, float]:
+        """The window's means (every process gets the same), and a fresh window."""
+        import torch
+
+        if not self.sums:
+            return {}
+        names = list(self.sums)
+        counts = torch.tensor([float(self.counts[k]) for k in names], device=self.device)
+        totals = acc.reduce(torch.stack([torch.stack([self.sums[k] for k in names]), counts]), "sum")
+        means = dict(zip(names, (totals[0] / totals[1].clamp(min=1)).tolist(), strict=True))  # the one sync
+        self.sums, self.counts = {}, {}
+        return means
+
+    def pending(self) -> dict[str, list[float]]:
+        """Sums and counts since the last log line, for the checkpoint: a resume loses none (as the loss)."""
+        return {k: [float(v), self.counts[k]] for k, v in self.sums.items()}
 
 
 def _batch_size_and_tokens(batch: dict[str, Any], counts: dict[str, Any]) -> tuple[int, Any]:

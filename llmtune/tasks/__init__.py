@@ -13,8 +13,10 @@ The flow, in the order the loop calls it:
     info = setup(recipe, splits, tokenizer)                # facts from the data: label names, prompt format...
     ds = tokenize(recipe, tokenizer, split, info)          # a datasets.Dataset of model inputs
     model = load_model(recipe, tokenizer, info)            # wrapped in LoRA by the task where it supports it
+    ds = with_model(recipe, tokenizer, model, ds, "train", accelerator)   # optional: columns the model computes
     loader = ...collator(recipe, tokenizer, model)...      # the loop owns samplers and loaders (batching.py)
-    loss = loss(model, batch)                              # optional hook; default model(**batch).loss
+    loss = loss(model, batch)                              # optional hook; default model(**batch).loss;
+                                                           # may return (loss, {metric: per-example values})
     outputs = eval_step(model, batch) per eval batch       # the loop gathers, de-duplicates, restores row order
     metrics, records = score(ctx, outputs)                 # unprefixed metrics + one record per eval row
     info.to_json() -> llmtune_info.json                    # and back: Info.from_json, load_trained, predict
@@ -181,8 +183,22 @@ class TaskModule(Protocol):
     #   `prompt_fields(recipe, row) -> (input text, target)`: a class name, or the list of reference texts;
     #   `prompt_choices(recipe, splits) -> list[str] | None`: the answers to score by likelihood (class names), or
     #   None: the decoder generates its answer.
-    # - `loss(model, batch) -> Tensor`: the training objective. Without it the loop uses model(**batch).loss.
-    #   Contrastive or preference objectives define it.
+    # - `loss(model, batch) -> Tensor | (Tensor, {name: Tensor | float})`: the training objective. Without it the
+    #   loop uses model(**batch).loss. Contrastive or preference objectives define it. The optional dict holds
+    #   extra training metrics (preference: rewards/accuracies, rewards/margins, logps/chosen..., TRL's names),
+    #   each a tensor of per-example values (every value counts once: a mean per example, per pair) or a scalar
+    #   (counts once per micro-batch). The loop keeps them on device, averages them over the micro-batches and
+    #   processes of a logging window (synchronising only at logging steps), and logs them beside `loss` every
+    #   train.logging_steps (log.jsonl, trackers; the first two in the progress bar, so put the ones worth
+    #   watching first); a checkpoint keeps the window's partial sums, as the loss's. Return them detached or
+    #   not: the loop detaches. The hook gets no recipe: settings it needs ride on the model object (preference
+    #   keeps them in a weak dictionary keyed by the model, embedding on an attribute), since eval_step needs
+    #   them too and gets no recipe either.
+    # - `with_model(recipe, tokenizer, model, ds, split_name, accelerator) -> ds`: the tokenized split ("train",
+    #   "eval") with columns that need the starting model, computed once before training (under
+    #   main_process_first, before prepare(): the model is the unwrapped one; put it on accelerator.device) and
+    #   cached by datasets.map under a fingerprint that covers the split and the weights (preference's
+    #   precomputed reference log-probabilities). The collator carries the columns into batches.
     # - `intervals(recipe, records, bootstrap, seed) -> {metric: (low, high)}`: bootstrap intervals for
     #   `llmtune eval --model` from score()'s records. Without it they come from records holding `label` or
     #   `references` (classification, text generation).
