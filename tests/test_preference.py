@@ -133,7 +133,9 @@ def test_reference_is_the_base_model_with_the_adapter_off(tiny_llama: Path, tmp_
     model.eval()
     with torch.no_grad():
         # step 0: lora_B is zero, so policy = reference exactly: DPO loss log 2, every reward 0
-        assert math.isclose(float(pref.loss(model, batch)), math.log(2), abs_tol=1e-7)
+        value, extras = pref.loss(model, batch)
+        assert math.isclose(float(value), math.log(2), abs_tol=1e-7)
+        assert extras["rewards/accuracies"].tolist() == [0.5] * 4 and float(extras["rewards/margins"].abs().max()) == 0
         out = pref.eval_step(model, {**batch, "row": torch.arange(4)})
         m, _ = pref.metrics_from_logps(args, out)
         assert m["rewards/chosen"] == 0.0 and m["rewards/rejected"] == 0.0 and m["rewards/accuracies"] == 0.5
@@ -187,6 +189,15 @@ def test_finetune_eval_generate_through_the_cli(tiny_llama: Path, tmp_path: Path
     assert "best_rewards/accuracies" in results
     logged = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logged if "eval_rewards/accuracies" in r] == [0, 2]
+    # training metrics every logging_steps under TRL's names; step 1's batch met the untrained policy (lora_B = 0):
+    # policy = reference, so DPO's log 2, rewards 0, ties counted half
+    train_rows = [r for r in logged if "loss" in r]
+    assert [r["step"] for r in train_rows] == [1, 2] and all(name in r for r in train_rows for name in names)
+    first = train_rows[0]
+    assert math.isclose(first["loss"], math.log(2), abs_tol=1e-6) and first["rewards/accuracies"] == 0.5
+    assert first["rewards/chosen"] == first["rewards/rejected"] == first["rewards/margins"] == 0.0
+    assert first["logps/chosen"] < 0 and first["logps/rejected"] < 0
+    assert train_rows[1]["rewards/margins"] != 0.0
     assert (out / "adapter_config.json").exists() and not (out / "model.safetensors").exists()
     preds = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(preds) == 4 and all(r["prompt"] == p and r["chosen"].startswith(" ") for r in preds)
@@ -225,3 +236,150 @@ def test_full_weights(tiny_llama: Path, tmp_path: Path, cli, loss: str) -> None:
     (metrics,) = json.loads((tmp_path / "ev" / "results.json").read_text())["results"].values()
     assert math.isclose(metrics["loss"]["value"], results["eval_loss"], rel_tol=1e-6)
 
+
+
+def test_training_extras_are_means_over_the_window_and_survive_a_checkpoint() -> None:
+    """The loop's averaging of a loss hook's extras: per-example values each count once (pairs of micro-batches of
+    different sizes), a scalar once per micro-batch; the partial window a checkpoint keeps resumes exactly."""
+    import torch
+
+    from llmtune.train import _ExtraMeans, _split_loss
+
+    class OneProcess:
+        def reduce(self, t: Any, op: str) -> Any:
+            assert op == "sum"
+            return t
+
+    loss = torch.tensor(1.0)
+    assert _split_loss(loss) == (loss, {})
+    window = _ExtraMeans(torch.device("cpu"), {})
+    window.add(_split_loss((loss, {"acc": torch.tensor([1.0, 0.0, 1.0]), "nll": torch.tensor(2.0)}))[1])
+    resumed = _ExtraMeans(torch.device("cpu"), json.loads(json.dumps(window.pending())))  # via trainer_state.json
+    for w in (window, resumed):
+        w.add({"acc": torch.tensor([0.0]), "nll": 4.0})
+        assert w.pop(OneProcess()) == {"acc": 0.5, "nll": 3.0}
+        assert w.pop(OneProcess()) == {}
+
+
+def _count_reference_forwards(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Counts no-grad sequence_logps calls inside train() and outside its evals: the per-step reference forwards."""
+    import torch
+
+    from llmtune import train as train_mod
+
+    calls = {"reference_in_training": 0, "training": 0}
+    phase = {"train": False, "eval": False}
+    real_logps, real_train, real_eval = pref.sequence_logps, train_mod.train, train_mod.evaluate
+
+    def logps(*a: Any, **kw: Any) -> Any:
+        if phase["train"] and not phase["eval"]:
+            calls["training"] += 1
+            calls["reference_in_training"] += not torch.is_grad_enabled()
+        return real_logps(*a, **kw)
+
+    def flagged(name: str, fn: Any) -> Any:
+        def inner(*a: Any, **kw: Any) -> Any:
+            phase[name] = True
+            try:
+                return fn(*a, **kw)
+            finally:
+                phase[name] = False
+        return inner
+
+    monkeypatch.setattr(pref, "sequence_logps", logps)
+    monkeypatch.setattr(train_mod, "train", flagged("train", real_train))
+    monkeypatch.setattr(train_mod, "evaluate", flagged("eval", real_eval))
+    return calls
+
+
+@pytest.mark.parametrize("lora", [True, False])
+def test_precomputed_reference_gives_the_same_run(tiny_llama: Path, tmp_path: Path, cli, lora: bool,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """precompute_reference: the same losses, metrics and eval as a reference forward per step (dropout off),
+    and no reference forward during training (nor a frozen copy for full weights)."""
+    results, logs = {}, {}
+    for pre in (False, True):
+        calls = _count_reference_forwards(monkeypatch)
+        out = tmp_path / f"run-{pre}"
+        recipe = tmp_path / f"r-{pre}.yaml"
+        recipe.write_text(yaml.safe_dump(recipe_dict(
+            tiny_llama, out, lora__enabled=lora, lora__dropout=0.0, preference__precompute_reference=pre,
+            train__max_steps=4, train__eval_steps=2, train__per_device_train_batch_size=2,
+            train__gradient_accumulation_steps=2, train__learning_rate=1e-2 if lora else 1e-3,
+            data__max_train_samples=12)))
+        res = cli("finetune", recipe)
+        assert res.exit_code == 0, res.output
+        assert calls["training"] > 0
+        assert (calls["reference_in_training"] == 0) == pre, calls
+        results[pre] = json.loads((out / "all_results.json").read_text())
+        logs[pre] = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [sorted(r) for r in logs[True]] == [sorted(r) for r in logs[False]]
+    for a, b in zip(logs[False], logs[True], strict=True):
+        for k, v in a.items():
+            if k not in ("samples_per_second", "learning_rate", "epoch", "step"):
+                assert b[k] == pytest.approx(v, abs=1e-5), (a["step"], k)
+    # it trained: the comparison is not of two untouched models
+    assert [r for r in logs[True] if "loss" in r][-1]["rewards/margins"] != 0.0
+    # the stored eval reference has the eval forward's shapes: the untrained policy ties with it exactly
+    assert logs[True][0]["step"] == 0 and logs[True][0]["eval_rewards/accuracies"] == 0.5
+    for k, v in results[False].items():
+        if k.startswith(("eval_", "base_eval_", "train_loss")):
+            assert results[True][k] == pytest.approx(v, abs=1e-5), k
+
+
+def test_precomputed_reference_is_cached_with_the_tokenized_split(tiny_llama: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second run on the same data and model reads the reference log-probs from the datasets cache; changed
+    weights (the same folder retrained) or data compute them anew. Values equal the per-step reference forward."""
+    import contextlib
+
+    import torch
+
+    from llmtune.data import Split, load_file
+    from llmtune.models import load_tokenizer
+    from llmtune.recipe import build_recipe
+
+    class CPU:  # what with_model reads of the Accelerator
+        device, mixed_precision = torch.device("cpu"), "no"
+        autocast = staticmethod(contextlib.nullcontext)
+
+    recipe = build_recipe(recipe_dict(tiny_llama, tmp_path / "out", preference__precompute_reference=True))
+    tok = load_tokenizer(recipe.model)
+    calls = {"n": 0}
+    real = pref.sequence_logps
+
+    def counted(*a: Any, **kw: Any) -> Any:
+        calls["n"] += 1
+        return real(*a, **kw)
+
+    monkeypatch.setattr(pref, "sequence_logps", counted)
+
+    def scored(rows: list[dict[str, Any]], model: Any = None) -> tuple[Any, Any, int]:
+        path = tmp_path / f"pairs-{len(rows)}.jsonl"
+        if not path.exists():  # written once: a rewritten file is new data to datasets (its mtime)
+            write_jsonl(path, rows)
+        split = Split("train", load_file(str(path), "data.train_file", recipe), str(path))
+        info = pref.setup(recipe, {"train": split}, tok)
+        ds = pref.tokenize(recipe, tok, split, info)
+        model = model if model is not None else pref.load_model(recipe, tok, info)
+        before = calls["n"]
+        return pref.with_model(recipe, tok, model, ds, "train", CPU()), model, calls["n"] - before
+
+    first, model, n = scored(PAIRS)
+    assert n == 1 and first.cache_files  # 4 pairs, one eval batch of 4, written beside the tokenized split
+    again, _, n = scored(PAIRS)
+    assert n == 0 and again["ref_chosen_logps"] == first["ref_chosen_logps"]
+    # the values are the adapter-off forward that pair_logps would make
+    batch = pref.collator(recipe, tok, model)([first[i] for i in range(len(first))])
+    assert "ref_logps" in batch
+    with torch.no_grad():
+        fly = pref.pair_logps(model.eval(), {k: v for k, v in batch.items() if k != "ref_logps"},
+                              pref.settings(recipe))
+    assert torch.allclose(batch["ref_logps"][:, 0], fly["ref_chosen_logps"], atol=1e-5, rtol=0)
+    assert torch.allclose(batch["ref_logps"][:, 1], fly["ref_rejected_logps"], atol=1e-5, rtol=0)
+    with torch.no_grad():  # the same folder, other weights
+        next(p for n, p in model.named_parameters() if "lora_" not in n and p.ndim == 2).mul_(1.5)
+    changed, _, n = scored(PAIRS, model)
+    assert n == 1 and changed["ref_chosen_logps"] != first["ref_chosen_logps"]
+    _, _, n = scored(PAIRS[:3])  # other data
+    assert n == 1

@@ -10,7 +10,9 @@ counts it.
 Chosen and rejected go through the model as one batch (each batch row holds a pair: input_ids is pairs x 2 x
 length). The reference of DPO/IPO is the base model with the adapter switched off when LoRA is on (no second copy
 in memory), else a frozen copy of the starting weights. The training loop's `loss(model, batch)` hook has no
-recipe argument, so the settings and the reference are kept per model object in `_STATE` (see load_model).
+recipe argument, so the settings and the reference are kept per model object in `_STATE` (see load_model). With
+`preference.precompute_reference` the reference's log-probabilities are columns of the tokenized splits
+(`with_model`, before training), and the collator carries them into each batch instead.
 """
 
 from __future__ import annotations
@@ -73,6 +75,9 @@ class PreferenceArgs:
     label_smoothing: float = 0.0  # cDPO / SimPO: the probability that a pair's preference is flipped
     gamma: float = 0.5  # SimPO's target reward margin
     orpo_lambda: float = 0.1  # ORPO's lambda (TRL ORPOConfig.beta), weight of the odds-ratio term
+    # DPO/IPO: the reference's log-probabilities of every pair computed once before training (train and eval
+    # splits) and kept with the tokenized cache; no reference forward per step, no frozen copy in memory
+    precompute_reference: bool = False
 
 
 OPTIONS: dict[str, type] = {"data": Data, "train": Train, "preference": PreferenceArgs}
@@ -113,6 +118,9 @@ def check_recipe(recipe: Recipe) -> None:
         raise LlmtuneError(f"{s}: preference.label_smoothing must be in [0, 0.5), got {p.label_smoothing}")
     if p.label_smoothing and p.loss in ("ipo", "orpo"):
         raise LlmtuneError(f"{s}: preference.label_smoothing applies to dpo and simpo, not to {p.loss}")
+    if p.precompute_reference and p.loss not in REFERENCE_LOSSES:
+        raise LlmtuneError(f"{s}: preference.precompute_reference applies to dpo and ipo; {p.loss} uses no "
+                           "reference model")
     mp = recipe.train.max_prompt_length
     if mp is not None and not 1 <= mp < recipe.train.max_seq_length:
         raise LlmtuneError(f"{s}: train.max_prompt_length must be at least 1 and below train.max_seq_length "
@@ -384,9 +392,99 @@ def load_model(recipe: Recipe, tokenizer: Any, info: Info) -> Any:
     model = clm.load_model(recipe, tokenizer, info)  # causal_lm's loader: LoRA with the same PEFT type
     p = settings(recipe)
     ref = None
-    if p.loss in REFERENCE_LOSSES and not recipe.lora_enabled:
+    if p.loss in REFERENCE_LOSSES and not recipe.lora_enabled and not p.precompute_reference:
         ref = copy.deepcopy(model)  # full weights: the reference is the starting point, frozen
     return attach(model, p, ref)
+
+
+def _weights_digest(model: Any) -> str:
+    """A digest of the weights the reference is computed from (the base's, LoRA factors left out): a retrained
+    model in the same folder must not reuse reference log-probabilities cached for the old one. Two float64
+    sums per tensor: one pass over the weights, a tensor at a time."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, p in _unwrap(model).named_parameters():
+            if "lora_" in name:
+                continue
+            sums = torch.stack([p.sum(dtype=torch.float64), p.abs().sum(dtype=torch.float64)]).tolist()
+            h.update(f"{name}:{tuple(p.shape)}:{p.dtype}:{sums[0]!r}:{sums[1]!r};".encode())
+    return h.hexdigest()
+
+
+def with_model(recipe: Recipe, tokenizer: Any, model: Any, ds: Any, split: str, accelerator: Any) -> Any:
+    """With preference.precompute_reference: `ds` with the reference's log-probability of each pair's chosen and
+    rejected response (columns ref_chosen_logps, ref_rejected_logps), computed once before training; else `ds`.
+
+    The reference is the starting model (LoRA: the adapter switched off), in eval mode, on the accelerator's
+    device, in the precision of the forward each value replaces (eval runs in fp32: hardware.full_precision).
+    The result is a datasets.map cached with the tokenized split, under a fingerprint of the split, the weights,
+    the model settings, the precision and the device: a changed model or data computes anew."""
+    import contextlib
+    import hashlib
+    import json
+
+    import torch
+
+    p = settings(recipe)
+    if not p.precompute_reference or p.loss not in REFERENCE_LOSSES:
+        return ds
+    inner = _unwrap(model)
+    device = accelerator.device
+    try:
+        inner.to(device)  # where prepare() would put it; the scoring runs there
+    except ValueError:  # a quantized (QLoRA) base is placed at load and refuses .to()
+        device = next(inner.parameters()).device
+    lora = hasattr(inner, "disable_adapter")
+    # as the forward each replaces: the adapter-off reference of a LoRA run goes through the prepared model's
+    # autocast, the frozen copy of a full-weight run (never prepared) in fp32
+    precision = str(accelerator.mixed_precision) if split == "train" and lora else "fp32"
+    key = {"data": ds._fingerprint, "weights": _weights_digest(inner), "model": recipe.fingerprint("model"),
+           "precision": precision, "device": device.type, "torch": torch.__version__}
+    fingerprint = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+    collate = collator(recipe, tokenizer, model)
+    autocast = accelerator.autocast if precision != "fp32" else contextlib.nullcontext
+    adapter_off = inner.disable_adapter if lora else contextlib.nullcontext
+
+    done: list[Any] = []
+
+    def every_pair() -> Any:
+        """(pairs, 2) log-probs of the whole split, in the eval loader's batches (longest first, as
+        batching.eval_loader; each process's slice of a global batch is one of them) and eval_step's
+        sub-batches: the same shapes as the eval forward, so an untrained policy ties with its reference
+        exactly (DPO's 0.5 baseline), not to rounding."""
+        cols = ("input_ids", "rejected_input_ids", "prompt_length")
+        lengths = [len(x) for x in ds["input_ids"]]
+        order = sorted(range(len(ds)), key=lambda i: -lengths[i])
+        size = max(1, recipe.train.per_device_eval_batch_size)
+        out = torch.zeros((len(ds), 2), dtype=torch.float32)
+        for s in range(0, len(order), size):
+            rows = order[s:s + size]
+            sel = ds[rows]
+            b = collate([{c: sel[c][j] for c in cols} for j in range(len(rows))])
+            for part, lp in _by_logits_budget(inner, {k: v.to(device) for k, v in b.items()}):
+                ids, att, resp = _flat(lp)
+                with torch.no_grad(), autocast(), adapter_off():
+                    logps = sequence_logps(inner, ids, att, resp)["logps"].float().cpu()
+                out[[rows[j] for j in part]] = logps.view(-1, 2)
+        return out
+
+    def column(_: Any, indices: list[int]) -> dict[str, list[float]]:
+        if not done:  # computed on the first call only: a cached split never calls this
+            done.append(every_pair())
+        values = done[0][indices]
+        return {"ref_chosen_logps": values[:, 0].tolist(), "ref_rejected_logps": values[:, 1].tolist()}
+
+    was_training = inner.training
+    inner.eval()
+    try:
+        return ds.map(column, batched=True, with_indices=True, input_columns=["prompt_length"],
+                      new_fingerprint=fingerprint, desc=f"Reference log-probabilities ({split})")
+    finally:
+        inner.train(was_training)
 
 
 class PairCollator:
@@ -410,6 +508,9 @@ class PairCollator:
                 att[b, j, :len(s)] = 1
                 resp[b, j, p:len(s)] = 1
         batch = {"input_ids": ids, "attention_mask": att, "response_mask": resp}
+        if "ref_chosen_logps" in features[0]:  # precomputed (with_model): (pairs, 2), fp32 as a forward gives
+            batch["ref_logps"] = torch.tensor([[f["ref_chosen_logps"], f["ref_rejected_logps"]] for f in features],
+                                              dtype=torch.float32)
         if "idx" in features[0]:
             batch["idx"] = torch.tensor([f["idx"] for f in features])
             batch["row"] = torch.tensor([f["row"] for f in features])
@@ -469,7 +570,9 @@ def pair_logps(model: Any, batch: dict[str, Any], args: PreferenceArgs, referenc
            "chosen_count": pol["counts"][0::2], "rejected_count": pol["counts"][1::2]}
     if args.loss == "orpo":
         out["nll_sum"], out["nll_count"] = pol["nll_sum"][0::2], pol["nll_count"][0::2]
-    if args.loss in REFERENCE_LOSSES:
+    if args.loss in REFERENCE_LOSSES and "ref_logps" in batch:  # precomputed before training
+        out["ref_chosen_logps"], out["ref_rejected_logps"] = batch["ref_logps"][:, 0], batch["ref_logps"][:, 1]
+    elif args.loss in REFERENCE_LOSSES:
         with torch.no_grad():
             if reference is not None:
                 dev = ids.device
@@ -533,22 +636,41 @@ def preference_losses(args: PreferenceArgs, lp: dict[str, Any]) -> dict[str, Any
     return out
 
 
-def loss(model: Any, batch: dict[str, Any]) -> Any:
+def loss(model: Any, batch: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     """The training objective (the loop's hook): the batch mean of the per-pair losses (+ ORPO's chosen NLL, the
-    token mean over the batch as TRL computes it)."""
+    token mean over the batch as TRL computes it), and per-pair values of TRL's training metrics, which the loop
+    averages over the pairs of a logging window (accuracy and margin first: the progress bar shows those)."""
     _, args, ref = _state(model)
     lp = pair_logps(model, batch, args, ref)
     out = preference_losses(args, lp)
     value = out["losses"].mean()
+    cr, rr = out["chosen_rewards"].detach(), out["rejected_rewards"].detach()
+    extras: dict[str, Any] = {"rewards/accuracies": (cr > rr).float() + 0.5 * (cr == rr).float(),
+                              "rewards/margins": cr - rr, "rewards/chosen": cr, "rewards/rejected": rr,
+                              "logps/chosen": out["logps_chosen"].detach(),
+                              "logps/rejected": out["logps_rejected"].detach()}
     if args.loss == "orpo":
-        value = value + lp["nll_sum"].sum() / lp["nll_count"].sum().clamp(min=1)
-    return value
+        nll = lp["nll_sum"].sum() / lp["nll_count"].sum().clamp(min=1)
+        value = value + nll
+        extras.update({"nll_loss": nll.detach(), "log_odds_ratio": out["log_odds_ratio"].detach(),
+                       "log_odds_chosen": out["log_odds_chosen"].detach()})
+    return value, extras
 
 
 # ---- evaluation -------------------------------------------------------------------------------------------
 
 #: logits of one eval forward are at most this many floats (sequences x length x vocab), as causal_lm's eval
 EVAL_LOGITS_BUDGET = clm.EVAL_LOGITS_BUDGET
+
+
+def _by_logits_budget(model: Any, batch: dict[str, Any]) -> list[tuple[range, dict[str, Any]]]:
+    """(positions, sub-batch) of a few pairs at a time, so that one forward's logits stay within
+    EVAL_LOGITS_BUDGET (eval_step, and with_model that must match its shapes)."""
+    pairs, _, width = batch["input_ids"].shape
+    vocab = int(getattr(getattr(_unwrap(model), "config", None), "vocab_size", 0) or 50_000)
+    step = max(1, EVAL_LOGITS_BUDGET // max(1, 2 * width * vocab))
+    return [(range(s, min(s + step, pairs)), {k: v[s:s + step] for k, v in batch.items()})
+            for s in range(0, pairs, step)]
 
 
 def eval_step(model: Any, batch: dict[str, Any]) -> dict[str, Any]:
@@ -558,11 +680,7 @@ def eval_step(model: Any, batch: dict[str, Any]) -> dict[str, Any]:
 
     _, args, ref = _state(model)
     rows = batch.pop("row")
-    pairs, _, width = batch["input_ids"].shape
-    vocab = int(getattr(getattr(_unwrap(model), "config", None), "vocab_size", 0) or 50_000)
-    step = max(1, EVAL_LOGITS_BUDGET // max(1, 2 * width * vocab))
-    parts = [pair_logps(model, {k: v[s:s + step] for k, v in batch.items()}, args, ref)
-             for s in range(0, pairs, step)]
+    parts = [pair_logps(model, sub, args, ref) for _, sub in _by_logits_budget(model, batch)]
     out = {k: torch.cat([p[k] for p in parts]).to(torch.float64) for k in parts[0]}
     out["row"] = rows
     return out
