@@ -101,3 +101,13 @@ def test_damaged_and_foreign_folders_are_named(tmp_path: Path, tiny_bert: Path) 
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises(LlmtuneError, match=r"model.safetensors is damaged"):
         _ = runs.load_run(truncated).model  # the weights load on first use
+
+
+def test_a_plain_folder_is_given_the_task_its_architecture_names() -> None:
+    """causal_lm claims any decoder, so it is asked last: a BertForMaskedLM folder is masked_lm's, not a decoder."""
+    from llmtune import tasks
+
+    assert tasks.recognize({"architectures": ["BertForMaskedLM"], "model_type": "bert"}) == "masked_lm"
+    assert tasks.recognize({"architectures": ["BertForSequenceClassification"]}) == "classification"
+    assert tasks.recognize({"architectures": ["BertForTokenClassification"]}) == "token_classification"
+    assert tasks.recognize({"architectures": ["LlamaForCausalLM"], "model_type": "llama"}) == "causal_lm"

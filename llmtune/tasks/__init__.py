@@ -177,6 +177,9 @@ class TaskModule(Protocol):
         {"text": line}); `field`/`pair_field` name the input fields when the user gives them."""
 
     # Optional hooks, read with getattr:
+    # - `RECOGNIZES_THE_REST = True`: recognizes() claims any folder the other tasks do not (asked last).
+    # - `GENERATES = True`: the task's runs generate text (`llmtune generate`, eval.generate), so the recipe's
+    #   generation section and eval.generate apply; elsewhere setting them is refused as a key that does nothing.
     # - Prompting (`llmtune eval --shots`), all three or none; a task without them is not prompted (evaluation.py
     #   refuses --shots for it, with one message):
     #   `prompt_spec(recipe) -> PromptSpec`: headers, task line and default metrics for zero/few-shot prompting;
@@ -239,8 +242,11 @@ def check_best_metric(recipe: Recipe, info: Any) -> None:
 
 
 def recognize(config: dict[str, Any]) -> str | None:
-    """The task whose model a config.json describes (the first in registry order that recognizes it)."""
-    for name in TASKS:
+    """The task whose model a config.json describes: the first in registry order that recognizes it, a task that
+    takes whatever no other claims (`RECOGNIZES_THE_REST = True`: causal_lm, any decoder) asked last. Asked in
+    plain registry order, causal_lm claimed BertForMaskedLM folders before masked_lm was asked."""
+    order = sorted(TASKS, key=lambda name: bool(getattr(get(name), "RECOGNIZES_THE_REST", False)))
+    for name in order:
         if get(name).recognizes(config):
             return name
     return None

@@ -71,6 +71,9 @@ def check_recipe(recipe: Recipe) -> None:
     resolve_template(recipe.data.template)  # a misspelt built-in name fails here, before any data is read
 
 
+RECOGNIZES_THE_REST = True  # tasks.recognize asks this task last
+
+
 def recognizes(config: dict[str, Any]) -> bool:
     """Any decoder: the registry asks this task last, for folders no other task claims."""
     return not config.get("is_encoder_decoder")
