@@ -122,3 +122,51 @@ def test_resume_refuses_changed_data(tmp_path: Path, tiny_bert: Path, sentiment_
     assert res.exit_code == 2 and "different train.learning_rate or train.weight_decay" in res.stderr
     res = cli("finetune", recipe, "train.eval_steps=3")  # eval cadence may change
     assert res.exit_code == 0, res.output
+
+
+def test_preference_lora_sigkill_then_resume_is_exact(tmp_path: Path, tiny_llama: Path, cli) -> None:
+    """DPO with LoRA (dropout on: the resumed RNG stream counts) killed after checkpoint-2 ends with the adapter,
+    eval and log rows of an uninterrupted run; checkpoint-2 holds a partial logging window (logging_steps 3),
+    so the resumed step-3 row needs the saved sums of the training metrics too."""
+    import yaml
+    from safetensors.torch import load_file
+
+    def recipe(name: str) -> Path:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({
+            "task": "preference", "model": {"name": str(tiny_llama)},
+            "data": {"dataset": "llmtune:preference", "max_train_samples": 16, "max_eval_samples": 8},
+            "lora": {"r": 4, "alpha": 8, "dropout": 0.1},
+            "train": {"output_dir": str(tmp_path / name), "max_steps": STEPS, "save_steps": 2, "eval_steps": 6,
+                      "save_total_limit": 3, "per_device_train_batch_size": 2, "gradient_accumulation_steps": 2,
+                      "per_device_eval_batch_size": 4, "learning_rate": 5e-3, "warmup_steps": 2,
+                      "logging_steps": 3, "max_seq_length": 64}}))
+        return path
+
+    res = cli("finetune", recipe("reference"))
+    assert res.exit_code == 0, res.output
+    killed = recipe("killed")
+    out = tmp_path / "killed"
+    proc = _start(killed)
+    _wait_for((out, "checkpoint-2"), proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "COMPLETE").exists(), "the run finished before it could be killed; make it longer"
+    assert (out / "checkpoint-2" / "trainer_state.json").exists()
+    res = cli("finetune", killed)
+    assert res.exit_code == 0, res.output
+    a, b = (load_file(d / "adapter_model.safetensors") for d in (tmp_path / "reference", out))
+    assert a.keys() == b.keys() and a
+    for k in a:
+        assert (a[k] - b[k]).abs().max().item() <= 1e-6, k
+    ra, rb = (json.loads((d / "all_results.json").read_text()) for d in (tmp_path / "reference", out))
+    for key in ("eval_loss", "eval_rewards/accuracies", "eval_rewards/margins", "train_loss", "global_step"):
+        assert ra[key] == pytest.approx(rb[key], abs=1e-6), key
+    log_a, log_b = ([json.loads(x) for x in (d / "log.jsonl").read_text().splitlines()]
+                    for d in (tmp_path / "reference", out))
+    assert [r["step"] for r in log_b] == [r["step"] for r in log_a]
+    for x, y in zip(log_a, log_b, strict=True):
+        for k, v in x.items():
+            if k not in ("samples_per_second", "learning_rate"):
+                assert y[k] == pytest.approx(v, abs=1e-6), (x["step"], k)
+    assert "rewards/accuracies" in log_b[1] and log_b[1]["step"] == 3
