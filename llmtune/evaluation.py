@@ -134,11 +134,13 @@ def _load_finetuned(model_arg: str, recipe: Recipe, splits: dict[str, data_mod.S
     path = Path(model_arg)
     if _is_model_folder(path):
         run = runs.load_run(path)
-        if tasks.MODULES[run.task] != tasks.MODULES[recipe.task]:
+        if tasks.MODULES[run.task] == tasks.MODULES[recipe.task]:
+            info = run.info if run.info is not None else task.setup(recipe, splits, run.tokenizer)
+            return run.model, run.tokenizer, info
+        if (path / runs.INFO_FILE).is_file() or (path / "adapter_config.json").is_file():
             raise LlmtuneError(f"--model {model_arg}: a {run.task} model, but the recipe's task is {recipe.task}; "
                                "evaluate it with a recipe of its own task")
-        info = run.info if run.info is not None else task.setup(recipe, splits, run.tokenizer)
-        return run.model, run.tokenizer, info
+        # a plain folder (a bare encoder, which the registry takes for a decoder): the recipe's base model, below
     from llmtune.models import load_tokenizer, read_config, resolve
 
     recipe.model.name = model_arg
@@ -146,7 +148,7 @@ def _load_finetuned(model_arg: str, recipe: Recipe, splits: dict[str, data_mod.S
     recipe.lora.enabled = False  # evaluate the model as it is: never wrap a fresh adapter
     resolved = resolve(recipe.model, where="--model")
     tokenizer = load_tokenizer(recipe.model, resolved)
-    if hasattr(task, "info_from_config"):  # a head with fixed classes: they come from the model, not the data
+    if getattr(task, "CLASSES_FROM_CONFIG", False):  # a head with fixed classes: from the model, not the data
         info = task.info_from_config(read_config(resolved.path) if resolved.is_local else {}, f"--model {model_arg}")
     else:
         info = task.setup(recipe, splits, tokenizer)

@@ -174,3 +174,25 @@ def test_recipe_validates() -> None:
 
     recipe = load_recipe(Path(__file__).resolve().parent.parent / "recipes" / "embedding.yaml")
     assert recipe.task == "embedding" and recipe.data.dataset == "llmtune:pairs"
+
+
+def test_eval_of_a_base_encoder_uses_the_recipes_pooling(tiny_bert: Path, tmp_path: Path) -> None:
+    """`llmtune eval --model ENCODER --recipe R` (the baseline before training) pools as the recipe says: cls and
+    mean pooling of the same untrained encoder give different retrieval scores. (A plain encoder folder, which the
+    registry takes for a decoder, was refused as "a causal_lm model"; an alias was pooled by the mean always.)"""
+    import json
+
+    from conftest import run_cli
+
+    train = tmp_path / "t.jsonl"
+    train.write_text("".join(json.dumps({"anchor": f"question number {i} about {w}", "positive": f"{w} answer {i}"})
+                             + "\n" for i, w in enumerate(["cats", "dogs", "rain", "tea", "maps", "jazz", "salt", "snow"])))
+    scores = {}
+    for pooling in ("mean", "cls"):
+        recipe = _recipe(tmp_path, tiny_bert, train, train, tmp_path / f"run-{pooling}", embedding__pooling=pooling)
+        res = run_cli("eval", "--model", tiny_bert, "--recipe", recipe, "--bootstrap", "0", "--output-dir",
+                      tmp_path / f"ev-{pooling}")
+        assert res.exit_code == 0, res.output
+        scores[pooling] = json.loads((tmp_path / f"ev-{pooling}" / "results.json").read_text())["results"]
+    first = next(iter(scores["mean"]))
+    assert scores["mean"][first]["mrr@10"]["value"] != scores["cls"][first]["mrr@10"]["value"]

@@ -177,6 +177,9 @@ class TaskModule(Protocol):
         {"text": line}); `field`/`pair_field` name the input fields when the user gives them."""
 
     # Optional hooks, read with getattr:
+    # - `info_from_config(config, where) -> Info`: the info of a model folder llmtune did not write (runs.load_run);
+    #   with `CLASSES_FROM_CONFIG = True` (a head with fixed classes) `llmtune eval --model BASE --recipe R` takes
+    #   the info from the model's config too, otherwise from the recipe and data (setup: an embedding's pooling).
     # - `RECOGNIZES_THE_REST = True`: recognizes() claims any folder the other tasks do not (asked last).
     # - `GENERATES = True`: the task's runs generate text (`llmtune generate`, eval.generate), so the recipe's
     #   generation section and eval.generate apply; elsewhere setting them is refused as a key that does nothing.

@@ -247,6 +247,9 @@ def load_trained(path: Path, recipe: Recipe | None, info: Info | None) -> tuple[
     return AutoModelForSequenceClassification.from_pretrained(str(path)), AutoTokenizer.from_pretrained(str(path))
 
 
+CLASSES_FROM_CONFIG = True  # a model folder's head fixes the classes (config id2label): info_from_config reads them
+
+
 def info_from_config(config: dict[str, Any], where: str) -> Info:
     """The classes of a model folder that llmtune did not write, from its config's id2label."""
     id2label = config.get("id2label")
