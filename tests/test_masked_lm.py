@@ -212,6 +212,18 @@ def test_end_to_end_predict_eval_and_chain(tiny_bert: Path, tmp_path: Path, text
     res = run_cli("finetune", recipe)
     assert res.exit_code == 0, res.output
     assert "eval_accuracy" in json.loads((tmp_path / "clf" / "eval_results.json").read_text())
+    # ... and of a tagger and a span head: the same encoder under a new head, through the CLI
+    for task, data, metric in (
+            ("token_classification", {"dataset": "llmtune:ner", "max_train_samples": 16, "max_eval_samples": 4}, "f1"),
+            ("question_answering", {"dataset": "llmtune:qa", "max_train_samples": 8, "max_eval_samples": 4,
+                                    "doc_stride": 16}, "exact_match")):
+        path = tmp_path / f"{task}.yaml"
+        path.write_text(yaml.safe_dump({"task": task, "model": {"name": str(out)}, "data": data,
+                                        "train": {"output_dir": str(tmp_path / task), "max_steps": 2,
+                                                  "per_device_train_batch_size": 4, "max_seq_length": 64}}))
+        res = run_cli("finetune", path)
+        assert res.exit_code == 0, res.output
+        assert f"eval_{metric}" in json.loads((tmp_path / task / "eval_results.json").read_text()), task
 
 
 def test_resume_draws_the_same_masks(tiny_bert: Path, tmp_path: Path, text_files: tuple[Path, Path]) -> None:
