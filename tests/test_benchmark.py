@@ -52,6 +52,40 @@ def test_benchmark_tiny_writes_results_table_and_charts(tmp_path: Path, cli, mon
     assert (out / "logs" / "classification-llmtune-0.log").exists()
 
 
+def test_benchmark_tiny_ner_and_qa(tmp_path: Path, cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    res = cli("benchmark", "--scale", "tiny", "--workloads", "ner,qa", "--output-dir", tmp_path,
+              "--data-dir", tmp_path / "no-such-folder")
+    assert res.exit_code == 0, res.output
+    (out,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    results = json.loads((out / "results.json").read_text())
+    from llmtune.hardware import native_bf16
+
+    fp32 = ["llmtune_fp32"] if native_bf16() else []
+    ner, qa = results["workloads"]["ner"], results["workloads"]["qa"]
+    # no --data-dir and no hub: the NER and QA sets bundled with llmtune
+    assert ner["data"]["origin"] == "bundled llmtune:ner" and qa["data"]["origin"] == "bundled llmtune:qa"
+    for entry, keys in ((ner, ("eval_f1", "eval_precision", "eval_recall")), (qa, ("eval_exact_match", "eval_f1"))):
+        assert sorted(r["side"] for r in entry["runs"]) == sorted(["llmtune", "ref_tuned", *fp32])
+        for run in entry["runs"]:
+            assert "error" not in run, run
+            assert run["samples_per_second"] > 0 and run["peak_mem_mb"] > 50 and run["loss_curve"]
+            assert run["global_step"] == entry["hp"]["max_steps"]
+            for k in keys:
+                assert 0 <= run["quality"][k] <= (100 if entry is qa else 1), (k, run["quality"])
+        # the same rows (sentences; for QA questions whose windows fill max_steps batches exactly) on both sides,
+        # and padding never counts as a token
+        per_sample = {r["side"]: r["tokens_per_second"] / r["samples_per_second"] for r in entry["runs"]}
+        assert per_sample["llmtune"] == pytest.approx(per_sample["ref_tuned"], rel=0.01)
+    assert qa["data"]["train_unit"] == "windows" and qa["data"]["train_rows"] <= qa["hp"]["max_steps"] * 8
+    summary = results["summary"]
+    assert summary["ner"]["vs"]["ref_tuned"]["quality"]["metric"] == "eval_f1"
+    assert summary["qa"]["vs"]["ref_tuned"]["ratios"]["samples_per_second"] > 0
+    table = (out / "results.md").read_text()
+    assert "| token classification (WNUT-17) |" in table and "run_ner.py" in table
+    assert "| question answering (SQuAD v1.1) |" in table and "run_qa.py" in table
+
+
 def _runs(side: str, metric: str, values: list[float], sps: list[float]) -> list[dict[str, Any]]:
     return [{"side": side, "repeat": i, "samples_per_second": s, "tokens_per_second": 10 * s, "wall_seconds": 100 / s,
              "peak_mem_mb": 500.0, "quality": {metric: v}} for i, (v, s) in enumerate(zip(values, sps, strict=True))]

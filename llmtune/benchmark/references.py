@@ -5,6 +5,8 @@
     causal_lm       Trainer + PEFT LoRA on prompt/completion pairs with the prompt masked, as in PEFT's examples
     generation      run_summarization.py --do_predict --predict_with_generate (Seq2SeqTrainer.predict)
     metrics         a loop over rouge_score's RougeScorer, then one sacrebleu.corpus_bleu call
+    ner             examples/pytorch/token-classification/run_ner.py (tokenize_and_align_labels, seqeval)
+    qa              examples/pytorch/question-answering/run_qa.py + utils_qa.postprocess_qa_predictions
 
 `ref_default` keeps the example scripts' defaults where they differ from good practice; `ref_tuned` is what a
 careful user of the same scripts would switch on:
@@ -17,10 +19,13 @@ careful user of the same scripts would switch on:
                     tuned:   dynamic padding + group_by_length
     generation      default: predict() on the labelled rows in file order (it also computes the loss)
                     tuned:   unlabelled rows sorted longest first (generation only, little padding)
+    ner             tuned only: run_ner already pads per batch (DataCollatorForTokenClassification); + group_by_length
+    qa              tuned only: dynamic padding (run_qa's --pad_to_max_length False) + group_by_length
 
 What makes the comparison fair: both sides load the same model folder (the same initial weights) and read the
 same data files; every number below comes from the workload's one `hp` dict (batch sizes, optimizer steps,
-learning rate, linear schedule without warm-up, weight decay 0, maximum lengths, generation length); seeds are
+learning rate, linear schedule without warm-up and weight decay 0 except where the workload's hp sets them (ner,
+qa: warm-up steps and weight decay 0.01, as their recipes), maximum lengths, generation length); seeds are
 equal per repeat; the optimizer is the Trainer's default fused AdamW, as llmtune's; no checkpoints are written
 mid-run on either side; the runner gives both sides the same threads. Non-padding tokens are counted as the sum of
 attention_mask over the batches trained (`include_num_input_tokens_seen="non_padding"`), as llmtune counts them.
@@ -45,9 +50,9 @@ def training_args(hp: dict[str, Any], seed: int, out: Path, tuned: bool, seq2seq
         per_device_train_batch_size=hp["batch_size"],
         per_device_eval_batch_size=hp.get("eval_batch_size", 32),
         learning_rate=hp["learning_rate"],
-        weight_decay=0.0,
+        weight_decay=hp.get("weight_decay", 0.0),
         lr_scheduler_type="linear",
-        warmup_steps=0,
+        warmup_steps=hp.get("warmup_steps", 0),
         logging_steps=hp["logging_steps"],
         seed=seed,
         train_sampling_strategy="group_by_length" if tuned else "random",  # --group_by_length
@@ -323,10 +328,242 @@ def metrics(spec: dict[str, Any], variant: str, seed: int, out: Path) -> dict[st
             "bleu_seconds": t2 - t1, "quality": quality}
 
 
+# ---- 6. token classification: run_ner.py -----------------------------------------------------------------
+
+
+def ner(spec: dict[str, Any], variant: str, seed: int, out: Path) -> dict[str, Any]:
+    import numpy as np
+    from datasets import load_dataset
+    from seqeval.metrics import accuracy_score, classification_report
+    from transformers import (
+        AutoModelForTokenClassification,
+        AutoTokenizer,
+        DataCollatorForTokenClassification,
+        PretrainedConfig,
+        Trainer,
+        set_seed,
+    )
+
+    hp = spec["hp"]
+    set_seed(seed)
+    raw = load_dataset("json", data_files={"train": spec["data"]["train"], "validation": spec["data"]["eval"]})
+    text_column_name, label_column_name = "tokens", "ner_tags"
+    # run_ner.py's get_label_list: the sorted set of tags, unless the model's config names them all
+    label_list = sorted({t for split in raw.values() for tags in split[label_column_name] for t in tags})
+    tokenizer = AutoTokenizer.from_pretrained(spec["model"])
+    model = AutoModelForTokenClassification.from_pretrained(spec["model"], num_labels=len(label_list))
+    if model.config.label2id != PretrainedConfig(num_labels=len(label_list)).label2id \
+            and sorted(model.config.label2id) == label_list:
+        label_to_id = {k: int(v) for k, v in model.config.label2id.items()}
+        label_list = [model.config.id2label[i] for i in range(len(label_list))]
+    else:
+        label_to_id = {v: i for i, v in enumerate(label_list)}
+    model.config.label2id = label_to_id
+    model.config.id2label = dict(enumerate(label_list))
+
+    def tokenize_and_align_labels(examples: dict[str, list[Any]]) -> Any:
+        tokenized_inputs = tokenizer(examples[text_column_name], padding=False, truncation=True,
+                                     max_length=hp["max_seq_length"], is_split_into_words=True)
+        labels = []
+        for i, label in enumerate(examples[label_column_name]):
+            word_ids = tokenized_inputs.word_ids(batch_index=i)
+            previous_word_idx = None
+            label_ids = []
+            for word_idx in word_ids:
+                if word_idx is None:
+                    label_ids.append(IGNORE)
+                elif word_idx != previous_word_idx:  # the first sub-token of a word carries its tag
+                    label_ids.append(label_to_id[label[word_idx]])
+                else:  # --label_all_tokens False (the default)
+                    label_ids.append(IGNORE)
+                previous_word_idx = word_idx
+            labels.append(label_ids)
+        tokenized_inputs["labels"] = labels
+        return tokenized_inputs
+
+    train_dataset = raw["train"].map(tokenize_and_align_labels, batched=True, remove_columns=raw["train"].column_names)
+    eval_dataset = raw["validation"].map(tokenize_and_align_labels, batched=True,
+                                         remove_columns=raw["validation"].column_names)
+
+    def compute_metrics(p: Any) -> dict[str, float]:
+        predictions, labels = p
+        predictions = np.argmax(predictions, axis=2)
+        true_predictions = [[label_list[q] for (q, lab) in zip(prediction, label, strict=True) if lab != IGNORE]
+                            for prediction, label in zip(predictions, labels, strict=True)]
+        true_labels = [[label_list[lab] for (q, lab) in zip(prediction, label, strict=True) if lab != IGNORE]
+                       for prediction, label in zip(predictions, labels, strict=True)]
+        # evaluate.load("seqeval") fetches its script from the hub; its computation is this (default mode)
+        report = classification_report(y_true=true_labels, y_pred=true_predictions, output_dict=True,
+                                       zero_division=0)
+        micro = report["micro avg"]
+        return {"precision": float(micro["precision"]), "recall": float(micro["recall"]),
+                "f1": float(micro["f1-score"]), "accuracy": float(accuracy_score(true_labels, true_predictions))}
+
+    trainer = Trainer(
+        model=model,
+        args=training_args(hp, seed, out, tuned=True),
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        data_collator=DataCollatorForTokenClassification(tokenizer),
+        compute_metrics=compute_metrics,
+    )
+    train_result = trainer.train()
+    trainer.save_model()
+    metrics = trainer.evaluate()
+    keys = ("eval_f1", "eval_precision", "eval_recall", "eval_accuracy", "eval_loss")
+    return {**trainer_figures(trainer, train_result), "quality": {k: metrics[k] for k in keys}}
+
+
+# ---- 7. extractive question answering: run_qa.py + utils_qa.py ---------------------------------------------
+
+
+def postprocess_qa_predictions(examples: Any, features: Any, predictions: tuple[Any, Any], n_best_size: int = 20,
+                               max_answer_length: int = 30) -> dict[str, str]:
+    """utils_qa.postprocess_qa_predictions for SQuAD v1 (no null answer): per question, the best of the
+    n_best_size x n_best_size start/end pairs over all its windows, by start + end logit."""
+    import collections
+
+    import numpy as np
+
+    all_start_logits, all_end_logits = predictions
+    example_id_to_index = {k: i for i, k in enumerate(examples["id"])}
+    features_per_example = collections.defaultdict(list)
+    for i, feature in enumerate(features):
+        features_per_example[example_id_to_index[feature["example_id"]]].append(i)
+    all_predictions: dict[str, str] = {}
+    for example_index, example in enumerate(examples):
+        prelim_predictions = []
+        context = example["context"]
+        for feature_index in features_per_example[example_index]:
+            start_logits = all_start_logits[feature_index]
+            end_logits = all_end_logits[feature_index]
+            offset_mapping = features[feature_index]["offset_mapping"]
+            start_indexes = np.argsort(start_logits)[-1: -n_best_size - 1: -1].tolist()
+            end_indexes = np.argsort(end_logits)[-1: -n_best_size - 1: -1].tolist()
+            for start_index in start_indexes:
+                for end_index in end_indexes:
+                    # out of this window (padding of the batch it was predicted in) or not in the context
+                    if (start_index >= len(offset_mapping) or end_index >= len(offset_mapping)
+                            or offset_mapping[start_index] is None or len(offset_mapping[start_index]) < 2
+                            or offset_mapping[end_index] is None or len(offset_mapping[end_index]) < 2):
+                        continue
+                    if end_index < start_index or end_index - start_index + 1 > max_answer_length:
+                        continue
+                    prelim_predictions.append({
+                        "offsets": (offset_mapping[start_index][0], offset_mapping[end_index][1]),
+                        "score": start_logits[start_index] + end_logits[end_index]})
+        best = sorted(prelim_predictions, key=lambda x: x["score"], reverse=True)[:n_best_size]
+        for pred in best:
+            pred["text"] = context[pred["offsets"][0]: pred["offsets"][1]]
+        if len(best) == 0 or (len(best) == 1 and best[0]["text"] == ""):
+            best.insert(0, {"text": "empty", "score": 0.0})
+        all_predictions[example["id"]] = best[0]["text"]
+    return all_predictions
+
+
+def qa(spec: dict[str, Any], variant: str, seed: int, out: Path) -> dict[str, Any]:
+    from datasets import load_dataset
+    from transformers import AutoModelForQuestionAnswering, AutoTokenizer, DataCollatorWithPadding, Trainer, set_seed
+
+    from llmtune.metrics import squad_v1  # the official SQuAD v1.1 EM/F1, as llmtune scores them
+
+    hp = spec["hp"]
+    set_seed(seed)
+    raw = load_dataset("json", data_files={"train": spec["data"]["train"], "validation": spec["data"]["eval"]})
+    tokenizer = AutoTokenizer.from_pretrained(spec["model"])
+    model = AutoModelForQuestionAnswering.from_pretrained(spec["model"])
+    pad_on_right = tokenizer.padding_side == "right"
+    max_seq_length, doc_stride = hp["max_seq_length"], hp["doc_stride"]
+
+    def windows(examples: dict[str, list[Any]]) -> Any:
+        examples["question"] = [q.lstrip() for q in examples["question"]]
+        return tokenizer(
+            examples["question" if pad_on_right else "context"],
+            examples["context" if pad_on_right else "question"],
+            truncation="only_second" if pad_on_right else "only_first",
+            max_length=max_seq_length,
+            stride=doc_stride,
+            return_overflowing_tokens=True,
+            return_offsets_mapping=True,
+            padding=False,  # --pad_to_max_length False: DataCollatorWithPadding pads per batch
+        )
+
+    def prepare_train_features(examples: dict[str, list[Any]]) -> Any:
+        tokenized_examples = windows(examples)
+        sample_mapping = tokenized_examples.pop("overflow_to_sample_mapping")
+        offset_mapping = tokenized_examples.pop("offset_mapping")
+        tokenized_examples["start_positions"] = []
+        tokenized_examples["end_positions"] = []
+        for i, offsets in enumerate(offset_mapping):
+            input_ids = tokenized_examples["input_ids"][i]
+            cls_index = input_ids.index(tokenizer.cls_token_id) if tokenizer.cls_token_id in input_ids else 0
+            sequence_ids = tokenized_examples.sequence_ids(i)
+            answers = examples["answers"][sample_mapping[i]]
+            if len(answers["answer_start"]) == 0:
+                tokenized_examples["start_positions"].append(cls_index)
+                tokenized_examples["end_positions"].append(cls_index)
+                continue
+            start_char = answers["answer_start"][0]
+            end_char = start_char + len(answers["text"][0])
+            token_start_index = 0
+            while sequence_ids[token_start_index] != (1 if pad_on_right else 0):
+                token_start_index += 1
+            token_end_index = len(input_ids) - 1
+            while sequence_ids[token_end_index] != (1 if pad_on_right else 0):
+                token_end_index -= 1
+            if not (offsets[token_start_index][0] <= start_char and offsets[token_end_index][1] >= end_char):
+                # the answer is not wholly in this window: it learns the CLS index
+                tokenized_examples["start_positions"].append(cls_index)
+                tokenized_examples["end_positions"].append(cls_index)
+            else:
+                while token_start_index < len(offsets) and offsets[token_start_index][0] <= start_char:
+                    token_start_index += 1
+                tokenized_examples["start_positions"].append(token_start_index - 1)
+                while offsets[token_end_index][1] >= end_char:
+                    token_end_index -= 1
+                tokenized_examples["end_positions"].append(token_end_index + 1)
+        return tokenized_examples
+
+    def prepare_validation_features(examples: dict[str, list[Any]]) -> Any:
+        tokenized_examples = windows(examples)
+        sample_mapping = tokenized_examples.pop("overflow_to_sample_mapping")
+        tokenized_examples["example_id"] = []
+        context_index = 1 if pad_on_right else 0
+        for i in range(len(tokenized_examples["input_ids"])):
+            sequence_ids = tokenized_examples.sequence_ids(i)
+            tokenized_examples["example_id"].append(examples["id"][sample_mapping[i]])
+            tokenized_examples["offset_mapping"][i] = [
+                (o if sequence_ids[k] == context_index else None)
+                for k, o in enumerate(tokenized_examples["offset_mapping"][i])]
+        return tokenized_examples
+
+    train_dataset = raw["train"].map(prepare_train_features, batched=True, remove_columns=raw["train"].column_names)
+    eval_examples = raw["validation"]
+    eval_features = eval_examples.map(prepare_validation_features, batched=True,
+                                      remove_columns=eval_examples.column_names)
+    trainer = Trainer(model=model, args=training_args(hp, seed, out, tuned=True), train_dataset=train_dataset,
+                      processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer))
+    train_result = trainer.train()
+    trainer.save_model()
+    # QuestionAnsweringTrainer.evaluate: predict the windows (example_id and offset_mapping are not model
+    # inputs: Trainer drops them), then post-process the logits into one answer per question
+    output = trainer.predict(eval_features.remove_columns(["example_id", "offset_mapping"]))
+    start_logits, end_logits = output.predictions[:2] if isinstance(output.predictions, tuple) else output.predictions
+    preds = postprocess_qa_predictions(eval_examples, eval_features, (start_logits, end_logits),
+                                       n_best_size=hp["n_best_size"], max_answer_length=hp["max_answer_length"])
+    gold = {ex["id"]: list(ex["answers"]["text"]) for ex in eval_examples}
+    scored = squad_v1(preds, gold)
+    return {**trainer_figures(trainer, train_result),
+            "quality": {"eval_exact_match": scored["exact_match"], "eval_f1": scored["f1"]}}
+
+
 REFERENCES = {
     "classification": classification,
     "summarization": summarization,
     "causal_lm": causal_lm,
     "generation": generation,
     "metrics": metrics,
+    "ner": ner,
+    "qa": qa,
 }

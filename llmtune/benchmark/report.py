@@ -3,8 +3,8 @@
 Quality rule: llmtune's quality is flagged as worse than a reference's when its median is worse than the
 reference's median by more than the noise, where noise = the larger of the spread (max - min) of either side
 over the repeats (each repeat uses another seed, on both sides) and the workload's tolerance (QUALITY in
-workloads.py: 0.01 accuracy, 0.5 ROUGE-L points, 2% eval loss, 1e-9 BLEU for metric scoring, which must be
-identical).
+workloads.py: 0.01 accuracy, 0.5 ROUGE-L points, 2% eval loss, 0.02 entity F1, 2 SQuAD F1 points, 1e-9 BLEU for
+metric scoring, which must be identical).
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ TITLES = {
     "causal_lm": "causal LM + LoRA (GSM8K)",
     "generation": "generation-based eval (SciTLDR)",
     "metrics": "metric scoring (ROUGE + BLEU)",
+    "ner": "token classification (WNUT-17)",
+    "qa": "question answering (SQuAD v1.1)",
 }
 REFERENCE_NAMES = {
     ("classification", "ref_default"): "run_glue.py defaults (pad to 128)",
@@ -34,6 +36,8 @@ REFERENCE_NAMES = {
     ("generation", "ref_default"): "Seq2SeqTrainer.predict, predict_with_generate",
     ("generation", "ref_tuned"): "predict_with_generate, rows sorted, no labels",
     ("metrics", "ref_default"): "rouge_score loop + sacrebleu.corpus_bleu",
+    ("ner", "ref_tuned"): "run_ner.py + group_by_length",
+    ("qa", "ref_tuned"): "run_qa.py + dynamic padding, group_by_length",
 }
 LLMTUNE_NAMES = {
     "classification": "dynamic padding, length-grouped batches",
@@ -41,6 +45,8 @@ LLMTUNE_NAMES = {
     "causal_lm": "packing (padding-free rows)",
     "generation": "batched, length-sorted generation",
     "metrics": "cached stems, process pool",
+    "ner": "dynamic padding, length-grouped batches",
+    "qa": "dynamic padding, length-grouped windows",
 }
 
 
@@ -222,8 +228,8 @@ def markdown(results: dict[str, Any]) -> str:
         "over the trained batches). Peak MB: the run process's own peak RSS (VmHWM); where it starts worker processes, "
         "the peak (sampled every 0.1 s) of the PSS summed over it and its workers, if larger.",
         "Quality: ⚠ marks llmtune worse than the reference by more than the noise (the larger of either side's spread "
-        "over the repeats and the tolerance: 0.01 accuracy, 0.5 ROUGE-L, 2% eval loss; metric scoring must be "
-        "identical).",
+        "over the repeats and the tolerance: 0.01 accuracy, 0.5 ROUGE-L, 2% eval loss, 0.02 entity F1, 2 SQuAD F1; "
+        "metric scoring must be identical).",
     ]
     if failed:
         notes.append("Failed runs: " + ", ".join(f"{n}/{side} ×{k}" for n, side, k in failed) + " (see logs/).")

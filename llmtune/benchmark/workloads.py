@@ -62,6 +62,25 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
         "full": {"t5": T5_FULL, "prepare_steps": 600, "eval_rows": None, "batch_size": 32,
                  "max_source_length": 512, "max_new_tokens": 64},
     },
+    "ner": {
+        # WNUT-17 sentences are short (~35 MiniLM tokens): 128 cuts almost none
+        "tiny": {"model": "tiny-bert", "batch_size": 8, "max_steps": 4, "eval_rows": 32, "learning_rate": 1e-3,
+                 "max_seq_length": 128},
+        "small": {"model": "minilm-l6", "batch_size": 16, "max_steps": 100, "eval_rows": None, "learning_rate": 1e-4,
+                  "max_seq_length": 128},
+        "full": {"model": "minilm-l6", "batch_size": 16, "max_steps": None, "eval_rows": None, "learning_rate": 1e-4,
+                 "max_seq_length": 128},
+    },
+    "qa": {
+        # run_qa.py's 384/128 at full scale; small keeps 256-token windows (the stride is still 128) so that its
+        # few steps fit in a couple of minutes on 2 cores
+        "tiny": {"model": "tiny-bert", "batch_size": 8, "max_steps": 4, "eval_rows": 16, "learning_rate": 1e-3,
+                 "max_seq_length": 128, "doc_stride": 32},
+        "small": {"model": "minilm-l6", "batch_size": 16, "max_steps": 30, "eval_rows": 200, "learning_rate": 1e-4,
+                  "max_seq_length": 256, "doc_stride": 128},
+        "full": {"model": "minilm-l6", "batch_size": 16, "max_steps": None, "eval_rows": None, "learning_rate": 1e-4,
+                 "max_seq_length": 384, "doc_stride": 128},
+    },
     "metrics": {
         "tiny": {"pairs": 300},
         "small": {"pairs": 20_000},
@@ -77,6 +96,8 @@ QUALITY = {
     "causal_lm": ("eval_loss", False, 0.0, 0.02),
     "generation": ("rougeL", True, 0.5, 0.0),
     "metrics": ("bleu", True, 1e-9, 0.0),
+    "ner": ("eval_f1", True, 0.02, 0.0),  # seqeval entity F1 in [0, 1]
+    "qa": ("eval_f1", True, 2.0, 0.0),  # SQuAD F1 in points (0-100)
 }
 
 # metric scoring must give the same numbers on both sides. rougeLsum is left out: llmtune splits sentences with
@@ -90,13 +111,17 @@ VARIANTS = {
     "causal_lm": ("ref_default", "ref_tuned"),
     "generation": ("ref_default", "ref_tuned"),
     "metrics": ("ref_default",),
+    # run_ner.py pads per batch by default; run_qa.py pads to max_seq_length by default, which a careful user
+    # turns off: one variant each, as such a user runs them (dynamic padding + group_by_length)
+    "ner": ("ref_tuned",),
+    "qa": ("ref_tuned",),
 }
 
 # where llmtune trains with mixed_precision auto, as its recipes for these tasks do (the seq2seq recipes train in
 # fp32, and so does the summarization workload): on hardware with native bf16 these workloads also run a
 # `llmtune_fp32` side (llmtune with mixed_precision no), so the report can show how much of the gain is bf16
 FP32_SIDE = "llmtune_fp32"
-AUTOCAST = ("classification", "causal_lm")
+AUTOCAST = ("classification", "causal_lm", "ner", "qa")
 
 # the issue's targets: (reference variant, figure, minimum llmtune/reference ratio)
 TARGETS = {
@@ -197,6 +222,14 @@ def _from_dir(name: str, d: Path) -> tuple[dict[str, list[dict[str, Any]]], str]
             return [{"question": r["question"], "answer": r["answer"]} for r in _read_jsonl(p)]
         return {"train": qa(d / "gsm8k" / "train.jsonl"), "eval": qa(d / "gsm8k" / "test.jsonl")}, \
             f"{d / 'gsm8k'} (--data-dir)"
+    if name == "wnut17" and (d / "wnut17" / "train.jsonl").exists():
+        def tagged(p: Path) -> list[dict[str, Any]]:
+            return [{"tokens": r["tokens"], "ner_tags": r["ner_tags"]} for r in _read_jsonl(p)]
+        return {"train": tagged(d / "wnut17" / "train.jsonl"), "eval": tagged(d / "wnut17" / "dev.jsonl")}, \
+            f"{d / 'wnut17'} (--data-dir)"
+    if name == "squad" and (d / "squad" / "train.jsonl").exists():
+        train, held_out = squad_split(_read_jsonl(d / "squad" / "train.jsonl"))
+        return {"train": train, "eval": held_out}, f"{d / 'squad'} train.jsonl, held-out articles as eval (--data-dir)"
     if name == "multi30k" and (d / "multi30k" / "train.de.gz").exists():
         return {"train": [{"text": t} for t in _read_lines(d / "multi30k" / "train.de.gz")], "eval": []}, \
             f"{d / 'multi30k'} train.de (--data-dir)"
@@ -243,11 +276,47 @@ def _bundled(name: str) -> tuple[dict[str, list[dict[str, Any]]], str]:
 
         return {s: [{"question": user_content(r["instruction"], r.get("input")), "answer": r["output"]}
                     for r in rows("instruct", s)] for s in ("train", "eval")}, "bundled llmtune:instruct"
+    if name == "wnut17":
+        return {s: [{"tokens": r["tokens"], "ner_tags": r["ner_tags"]} for r in rows("ner", s)]
+                for s in ("train", "eval")}, "bundled llmtune:ner"
+    if name == "squad":
+        return {s: [_squad_row(r) for r in rows("qa", s)] for s in ("train", "eval")}, "bundled llmtune:qa"
     if name == "multi30k":
         texts = [r["summary"] if isinstance(r["summary"], str) else r["summary"][0]
                  for s in ("train", "eval") for r in rows("summarize", s)]
         return {"train": [{"text": t} for t in texts], "eval": []}, "bundled llmtune:summarize (summaries)"
     raise LlmtuneError(f"unknown benchmark data set {name}")
+
+
+def _squad_row(r: dict[str, Any]) -> dict[str, Any]:
+    return {"id": str(r["id"]), "context": r["context"], "question": r["question"],
+            "answers": {"text": list(r["answers"]["text"]), "answer_start": list(r["answers"]["answer_start"])}}
+
+
+def squad_split(rows: list[dict[str, Any]], eval_share: float = 0.1) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """SQuAD's training questions as (train, eval): a seeded tenth of the articles is held out whole, so no eval
+    context was seen in training; the train rows are shuffled (seeded), so that a run of a few hundred questions
+    spans many articles rather than the first one or two."""
+    titles = sorted({r.get("title", "") for r in rows})
+    held = set(random.Random(0).sample(titles, max(1, round(eval_share * len(titles))))) if len(titles) > 1 else set()
+    train = [_squad_row(r) for r in rows if r.get("title", "") not in held]
+    evals = [_squad_row(r) for r in rows if r.get("title", "") in held]
+    random.Random(0).shuffle(train)
+    return train, evals
+
+
+def window_counts(model: str, rows: list[dict[str, Any]], max_length: int, stride: int) -> list[int]:
+    """How many windows each question's context is cut into, as run_qa.py cuts them (question first, only the
+    context truncated, `stride` tokens shared by neighbours)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model)
+    enc = tok([r["question"].lstrip() for r in rows], [r["context"] for r in rows], truncation="only_second",
+              max_length=max_length, stride=stride, return_overflowing_tokens=True)
+    counts = [0] * len(rows)
+    for i in enc["overflow_to_sample_mapping"]:
+        counts[i] += 1
+    return counts
 
 
 def noisy_copy(text: str, rng: random.Random, vocabulary: list[str]) -> str:
@@ -270,21 +339,28 @@ def minilm_dir() -> str:
     return ALIASES["minilm-l6"][0]().path
 
 
-def build_classifier(kind: str, num_labels: int, folder: Path) -> str:
-    """MiniLM (or a tiny BERT) with its classification head initialised once, saved for both sides to load."""
+def build_classifier(kind: str, num_labels: int, folder: Path, head: str = "SequenceClassification",
+                     label_names: list[str] | None = None) -> str:
+    """MiniLM (or a tiny BERT) with its head (`head`: SequenceClassification, TokenClassification or
+    QuestionAnswering) initialised once, saved for both sides to load. `label_names` go into the config's
+    id2label, so that both sides map each tag to the same row of the head."""
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertForSequenceClassification
+    import transformers
+    from transformers import AutoTokenizer, BertConfig
 
     tok = AutoTokenizer.from_pretrained(minilm_dir())
+    labels: dict[str, Any] = {"num_labels": num_labels}
+    if label_names:
+        labels.update(id2label=dict(enumerate(label_names)), label2id={n: i for i, n in enumerate(label_names)})
     torch.manual_seed(0)
     if kind == "tiny-bert":
         cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=512, num_labels=num_labels)
-        model = BertForSequenceClassification(cfg)
+                         intermediate_size=64, max_position_embeddings=512, **labels)
+        model = getattr(transformers, f"BertFor{head}")(cfg)
     else:
         from llmtune.models import ALIASES
 
-        model = AutoModelForSequenceClassification.from_pretrained(ALIASES[kind][0]().path, num_labels=num_labels)
+        model = getattr(transformers, f"AutoModelFor{head}").from_pretrained(ALIASES[kind][0]().path, **labels)
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return str(folder)
@@ -405,6 +481,50 @@ def prepare(workload: str, scale: str, data_dir: Path | None, work: Path, thread
         spec["data"] = {"train": write_jsonl(work / "train.jsonl", data["train"][:n]),
                         "eval": write_jsonl(work / "eval.jsonl", evals), "origin": origin,
                         "train_rows": n, "eval_rows": len(evals)}
+    elif workload == "ner":
+        data, origin = load_source("wnut17", data_dir)
+        steps, n = _steps_and_rows(s, len(data["train"]))
+        evals = data["eval"][: s["eval_rows"]] if s["eval_rows"] else data["eval"]
+        # llmtune's order of the tags (O first, then by type), written into the head's config for both sides
+        seen = {t for split in ("train", "eval") for r in data[split] for t in r["ner_tags"]}
+        names = sorted(seen, key=lambda t: (t != "O", t[2:], t))
+        spec["model"] = build_classifier(s["model"], len(names), work / "model", "TokenClassification", names)
+        spec["model_name"] = "MiniLM-L6-H384" if s["model"] == "minilm-l6" else s["model"]
+        spec["hp"] = {"batch_size": s["batch_size"], "eval_batch_size": 64, "max_steps": steps,
+                      "learning_rate": s["learning_rate"], "max_seq_length": s["max_seq_length"],
+                      "weight_decay": 0.01, "warmup_steps": steps // 10, "logging_steps": max(1, steps // 10)}
+        spec["data"] = {"train": write_jsonl(work / "train.jsonl", data["train"][:n]),
+                        "eval": write_jsonl(work / "eval.jsonl", evals), "origin": origin,
+                        "train_rows": n, "eval_rows": len(evals)}
+    elif workload == "qa":
+        data, origin = load_source("squad", data_dir)
+        # a question gives one window or more; both sides count training samples as windows (what a step's
+        # batch holds). The questions are chosen so that their windows fill max_steps batches exactly: both sides
+        # then train one epoch over the same windows (with more windows than that, each side's length grouping
+        # would pick a different subset, longer on one side than on the other)
+        spec["model"] = build_classifier(s["model"], 2, work / "model", "QuestionAnswering")
+        counts = window_counts(spec["model"], data["train"], s["max_seq_length"], s["doc_stride"])
+        steps = s["max_steps"] if s["max_steps"] is not None else max(1, sum(counts) // s["batch_size"])
+        chosen, room = [], steps * s["batch_size"]
+        for row, c in zip(data["train"], counts, strict=True):
+            if c <= room:
+                chosen.append(row)
+                room -= c
+            if room == 0:
+                break
+        if room:
+            raise LlmtuneError(f"qa: the training questions give fewer than {steps} x {s['batch_size']} windows")
+        n = len(chosen)
+        data["train"] = chosen
+        evals = data["eval"][: s["eval_rows"]] if s["eval_rows"] else data["eval"]
+        spec["model_name"] = "MiniLM-L6-H384" if s["model"] == "minilm-l6" else s["model"]
+        spec["hp"] = {"batch_size": s["batch_size"], "eval_batch_size": 64, "max_steps": steps,
+                      "learning_rate": s["learning_rate"], "max_seq_length": s["max_seq_length"],
+                      "doc_stride": s["doc_stride"], "n_best_size": 20, "max_answer_length": 30,
+                      "weight_decay": 0.01, "warmup_steps": steps // 10, "logging_steps": max(1, steps // 10)}
+        spec["data"] = {"train": write_jsonl(work / "train.jsonl", data["train"][:n]),
+                        "eval": write_jsonl(work / "eval.jsonl", evals), "origin": origin,
+                        "train_rows": n, "eval_rows": len(evals), "train_unit": "windows"}
     elif workload == "metrics":
         data, origin = load_source("multi30k", data_dir)
         texts = [r["text"] for r in data["train"] if r["text"].strip()]
@@ -535,6 +655,45 @@ def llmtune_causal_lm(spec: dict[str, Any], seed: int, out: Path) -> dict[str, A
     return {**_train_figures(res, out), "quality": {"eval_loss": res["eval_loss"]}}
 
 
+def _regularised(spec: dict[str, Any], seed: int, out: Path) -> dict[str, Any]:
+    """The train section with the workload's weight decay and warm-up (the ner and qa recipes use both)."""
+    hp = spec["hp"]
+    return {**_train_section(spec, seed, out), "max_seq_length": hp["max_seq_length"],
+            "weight_decay": hp["weight_decay"], "warmup_steps": hp["warmup_steps"]}
+
+
+def llmtune_ner(spec: dict[str, Any], seed: int, out: Path) -> dict[str, Any]:
+    from llmtune.recipe import build_recipe
+    from llmtune.train import finetune
+
+    recipe = build_recipe({
+        "task": "token_classification", "model": {"name": spec["model"]},
+        "data": {"train_file": spec["data"]["train"], "eval_file": spec["data"]["eval"], "tokens_column": "tokens",
+                 "tags_column": "ner_tags"},
+        "train": _regularised(spec, seed, out),
+    }, source="benchmark:ner")
+    res = finetune(recipe)
+    keys = ("eval_f1", "eval_precision", "eval_recall", "eval_accuracy", "eval_loss")
+    return {**_train_figures(res, out), "quality": {k: res[k] for k in keys}}
+
+
+def llmtune_qa(spec: dict[str, Any], seed: int, out: Path) -> dict[str, Any]:
+    from llmtune.recipe import build_recipe
+    from llmtune.train import finetune
+
+    hp = spec["hp"]
+    recipe = build_recipe({
+        "task": "question_answering", "model": {"name": spec["model"]},
+        "data": {"train_file": spec["data"]["train"], "eval_file": spec["data"]["eval"], "question_column": "question",
+                 "context_column": "context", "answers_column": "answers", "doc_stride": hp["doc_stride"],
+                 "n_best_size": hp["n_best_size"], "max_answer_length": hp["max_answer_length"]},
+        "train": _regularised(spec, seed, out),
+    }, source="benchmark:qa")
+    res = finetune(recipe)
+    return {**_train_figures(res, out), "quality": {"eval_exact_match": res["eval_exact_match"],
+                                                    "eval_f1": res["eval_f1"]}}
+
+
 def llmtune_generation(spec: dict[str, Any], seed: int, out: Path) -> dict[str, Any]:
     """llmtune's eval-time generation (what the seq2seq task's evaluate() calls): batched, longest first."""
     import time
@@ -589,6 +748,8 @@ LLMTUNE = {
     "causal_lm": llmtune_causal_lm,
     "generation": llmtune_generation,
     "metrics": llmtune_metrics,
+    "ner": llmtune_ner,
+    "qa": llmtune_qa,
 }
 
 
@@ -597,7 +758,8 @@ def pipeline_available(workload: str) -> str | None:
     import importlib
 
     module = {"summarization": "llmtune.tasks.seq2seq", "generation": "llmtune.tasks.seq2seq",
-              "causal_lm": "llmtune.tasks.causal_lm"}.get(workload)
+              "causal_lm": "llmtune.tasks.causal_lm", "ner": "llmtune.tasks.token_classification",
+              "qa": "llmtune.tasks.question_answering"}.get(workload)
     if module is None:
         return None
     try:
