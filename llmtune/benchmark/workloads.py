@@ -295,13 +295,14 @@ def _squad_row(r: dict[str, Any]) -> dict[str, Any]:
 
 def squad_split(rows: list[dict[str, Any]], eval_share: float = 0.1) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """SQuAD's training questions as (train, eval): a seeded tenth of the articles is held out whole, so no eval
-    context was seen in training; the train rows are shuffled (seeded), so that a run of a few hundred questions
-    spans many articles rather than the first one or two."""
+    context was seen in training; both are shuffled (seeded), so that a few hundred questions (a small scale's
+    training rows or eval slice) span many articles rather than the first one or two."""
     titles = sorted({r.get("title", "") for r in rows})
     held = set(random.Random(0).sample(titles, max(1, round(eval_share * len(titles))))) if len(titles) > 1 else set()
     train = [_squad_row(r) for r in rows if r.get("title", "") not in held]
     evals = [_squad_row(r) for r in rows if r.get("title", "") in held]
     random.Random(0).shuffle(train)
+    random.Random(1).shuffle(evals)
     return train, evals
 
 
