@@ -155,6 +155,29 @@ def _load_finetuned(model_arg: str, recipe: Recipe, splits: dict[str, data_mod.S
     return task.load_model(recipe, tokenizer, info), tokenizer, info
 
 
+def check_metric_names(recipe: Recipe, info: Any, names: list[str] | None) -> None:
+    """`--metric` for a model's eval names what the task's eval reports (a metric it does not compute was ignored
+    in silence), before the model runs."""
+    import difflib
+
+    from llmtune.metrics import output_names
+
+    declared = tasks.get(recipe.task).metric_names(recipe, info)
+    for name in names or []:
+        try:
+            wanted = output_names(name)
+        except ValueError as e:  # not a metric at all
+            raise LlmtuneError(f"--metric {name}: {e}") from None
+        if all(k in declared for k in wanted):
+            continue
+        close = difflib.get_close_matches(name, declared, n=1, cutoff=0.5)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        generate = " (with --set eval.generate=true it also generates and scores text)" \
+            if getattr(tasks.get(recipe.task), "GENERATES", False) and not recipe.generate_in_eval else ""
+        raise LlmtuneError(f"--metric {name}: {recipe.task}'s eval reports no {name}{hint}; it reports "
+                           f"{', '.join(declared)}{generate}")
+
+
 def evaluate_model(model_arg: str, recipe: Recipe, split: str, names: list[str] | None, bootstrap: int,
                    seed: int) -> Setting:
     """Run the task's evaluation (what training runs at each eval step) on `split` with a trained model."""
@@ -169,6 +192,7 @@ def evaluate_model(model_arg: str, recipe: Recipe, split: str, names: list[str] 
     with accelerator.main_process_first():
         splits, target = _eval_split(recipe, split, need_train=False)
     model, tokenizer, info = _load_finetuned(model_arg, recipe, splits)
+    check_metric_names(recipe, info, names)
     with accelerator.main_process_first():
         tokenized = task.tokenize(recipe, tokenizer, target, info)
     loader = eval_loader(tokenized, task.collator(recipe, tokenizer, model),

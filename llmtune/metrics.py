@@ -657,8 +657,17 @@ def compute(name: str, predictions: Sequence[Any], references: Sequence[Any],
     return spec.function(predictions, references, **options)
 
 
+#: the keys of metrics that do not score text: what they report, as a model's eval names them (squad's v1 and
+#: v2 keys differ but for f1)
+OUTPUT_NAMES = {"f1": ["f1"], "accuracy": ["accuracy"], "seqeval": ["precision", "recall", "f1", "accuracy"],
+                "squad": ["f1"], "perplexity": ["perplexity"], "loss": ["loss"]}
+
+
 def output_names(name: str) -> list[str]:
-    """The keys a text metric reports (rouge: rouge1, rouge2, rougeL, rougeLsum), read off one scored example."""
+    """The keys a metric reports (rouge: rouge1, rouge2, rougeL, rougeLsum), read off one scored example for the
+    text metrics."""
+    if name in OUTPUT_NAMES:
+        return OUTPUT_NAMES[name]
     return list(compute(name, ["a b"], [["a b"]]))
 
 

@@ -93,6 +93,9 @@ def check_recipe(recipe: Recipe) -> None:
     o, d = _opts(recipe), recipe.data
     if d.score_max <= 0:
         raise LlmtuneError(f"{recipe.source}: data.score_max must be > 0, got {d.score_max}")
+    for key in ("scale", "cosent_scale"):  # similarity scales: 0 makes every pair alike, a negative one inverts it
+        if getattr(o, key) <= 0:
+            raise LlmtuneError(f"{recipe.source}: embedding.{key} must be > 0, got {getattr(o, key)}")
     if d.format == "pairs" and o.loss in ("cosent", "cosine_mse"):
         raise LlmtuneError(f"{recipe.source}: embedding.loss={o.loss} needs scored pairs (data.format: scored)")
     if d.format == "scored" and o.loss == "mnrl":
