@@ -66,7 +66,7 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
         # WNUT-17 sentences are short (~35 MiniLM tokens): 128 cuts almost none
         "tiny": {"model": "tiny-bert", "batch_size": 8, "max_steps": 4, "eval_rows": 32, "learning_rate": 1e-3,
                  "max_seq_length": 128},
-        "small": {"model": "minilm-l6", "batch_size": 16, "max_steps": 60, "eval_rows": None, "learning_rate": 1e-4,
+        "small": {"model": "minilm-l6", "batch_size": 16, "max_steps": 60, "eval_rows": None, "learning_rate": 3e-4,
                   "max_seq_length": 128},
         "full": {"model": "minilm-l6", "batch_size": 16, "max_steps": None, "eval_rows": None, "learning_rate": 1e-4,
                  "max_seq_length": 128},
@@ -76,7 +76,7 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
         # few steps fit in a couple of minutes on 2 cores
         "tiny": {"model": "tiny-bert", "batch_size": 8, "max_steps": 4, "eval_rows": 16, "learning_rate": 1e-3,
                  "max_seq_length": 128, "doc_stride": 32},
-        "small": {"model": "minilm-l6", "batch_size": 16, "max_steps": 20, "eval_rows": 200, "learning_rate": 1e-4,
+        "small": {"model": "minilm-l6", "batch_size": 16, "max_steps": 12, "eval_rows": 200, "learning_rate": 3e-4,
                   "max_seq_length": 256, "doc_stride": 128},
         "full": {"model": "minilm-l6", "batch_size": 16, "max_steps": None, "eval_rows": None, "learning_rate": 1e-4,
                  "max_seq_length": 384, "doc_stride": 128},
