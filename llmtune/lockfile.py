@@ -20,6 +20,8 @@ from typing import Any, NamedTuple
 FILENAME = "constraints.txt"
 # Never part of the tested set: llmtune itself and pip's own tooling (pip freeze leaves the last three out).
 NOT_PINNED = frozenset({"llmtune", "pip", "setuptools", "wheel"})
+# what `make install` installs (the Makefile's `-e ".[test,bench]"`): what the tested set is made of
+INSTALLED = "llmtune[test,bench]"
 SHOWN = 5  # differences spelled out in the one-line summary; the dict has them all
 
 HEADER = """\
@@ -28,9 +30,9 @@ HEADER = """\
 # gets these versions, not whatever is newest that day; `make install-latest` installs without this file.
 #
 # Made by `make lock` (= python -m llmtune.lockfile lock): `pip freeze --exclude-editable` of .venv, kept to what
-# installing llmtune[test] and the weight packages pulled (llmtune itself and anything installed by hand left out),
-# torch at the Makefile's TORCH_VERSION. The Makefile installs torch itself (that CPU build, or the newest CUDA
-# build where a GPU is present) and leaves the torch line out when it hands this file to pip.
+# installing llmtune[test,bench] and the weight packages pulled (llmtune itself and anything installed by hand
+# left out), torch at the Makefile's TORCH_VERSION. The Makefile installs torch itself (that CPU build, or the
+# newest CUDA build where a GPU is present) and leaves the torch line out when it hands this file to pip.
 #
 # To move to newer versions, deliberately:
 #   make install-latest   # rebuilds .venv from scratch with the newest of everything
@@ -360,7 +362,7 @@ def _walk(roots: tuple[str, ...], no_deps: tuple[str, ...]) -> tuple[set[str], s
     return found, missing
 
 
-def pulled_by_install(roots: tuple[str, ...] = ("llmtune[test]",), no_deps: tuple[str, ...] = ()) -> set[str]:
+def pulled_by_install(roots: tuple[str, ...] = (INSTALLED,), no_deps: tuple[str, ...] = ()) -> set[str]:
     """Normalized names of what installing `roots` pulls in this interpreter (their installed dependencies,
     markers and extras followed; llmtune's from pyproject.toml in a checkout), plus `no_deps` (installed with
     --no-deps). A package installed by hand is not in it, so `make lock` does not pin it."""
@@ -383,13 +385,13 @@ def render(freeze: str, torch_version: str | None = None, keep: set[str] | None 
 
 
 def lock(output: Path | str = FILENAME, torch_version: str | None = None, no_deps: tuple[str, ...] = ()) -> str:
-    """Rewrite `output` from what installing llmtune[test] (and the `no_deps` packages) pulled into this
+    """Rewrite `output` from what installing llmtune[test,bench] (and the `no_deps` packages) pulled into this
     interpreter; returns what it did, naming the installed packages it left out as not pulled by the install."""
     import subprocess
 
     freeze = subprocess.run([sys.executable, "-m", "pip", "freeze", "--exclude-editable"], check=True,
                             capture_output=True, text=True).stdout
-    keep, missing = _walk(("llmtune[test]",), no_deps)
+    keep, missing = _walk((INSTALLED,), no_deps)
     if "llmtune" not in keep:
         raise RuntimeError("llmtune is not installed in this interpreter: run `make install-latest` first")
     if missing:
