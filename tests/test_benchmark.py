@@ -24,10 +24,14 @@ def test_benchmark_tiny_writes_results_table_and_charts(tmp_path: Path, cli, mon
     # llmtune also runs in fp32 where its recipes' mixed_precision auto picks bf16, to show bf16's share
     from llmtune.hardware import native_bf16
 
-    fp32 = ["llmtune_fp32"] if native_bf16() else []
+    # ...and then the references autocast too (like for like), with the tuned one's fp32 twin beside llmtune's
+    fp32 = ["llmtune_fp32", "ref_tuned_fp32"] if native_bf16() else []
     assert sorted(r["side"] for r in cls["runs"]) == sorted(["llmtune", "ref_default", "ref_tuned", *fp32])
     assert {r["mixed_precision"] for r in cls["runs"] if r["side"] == "llmtune"} == {"bf16" if fp32 else "no"}
     assert {r["mixed_precision"] for r in cls["runs"] if r["side"] == "llmtune_fp32"} == ({"no"} if fp32 else set())
+    precision = {r["side"]: r["precision"] for r in cls["runs"] if r["side"].startswith("ref")}
+    assert precision == ({"ref_default": "bf16", "ref_tuned": "bf16", "ref_tuned_fp32": "fp32"} if fp32
+                         else {"ref_default": "fp32", "ref_tuned": "fp32"})
     for run in cls["runs"]:
         assert "error" not in run, run
         assert run["samples_per_second"] > 0 and run["tokens_per_second"] > 0 and run["peak_mem_mb"] > 50
@@ -38,8 +42,8 @@ def test_benchmark_tiny_writes_results_table_and_charts(tmp_path: Path, cli, mon
     assert per_sample["ref_default"] == pytest.approx(per_sample["ref_tuned"], rel=0.01)
     assert per_sample["llmtune"] == pytest.approx(per_sample["ref_tuned"], rel=0.01)
     if fp32:
-        assert set(results["summary"]["classification"]["fp32"]) == {"ref_default", "ref_tuned", "llmtune"}
-        assert "llmtune fp32 vs run_glue.py defaults" in (out / "results.md").read_text()
+        assert set(results["summary"]["classification"]["fp32"]) == {"ref_tuned_fp32", "llmtune", "ref_tuned:bf16"}
+        assert "llmtune fp32 vs run_glue.py + dynamic padding, group_by_length in fp32" in (out / "results.md").read_text()
     summary = results["summary"]
     vs = summary["classification"]["vs"]["ref_default"]
     assert vs["ratios"]["samples_per_second"] > 0 and vs["quality"]["metric"] == "eval_accuracy"

@@ -38,9 +38,40 @@ from pathlib import Path
 from typing import Any
 
 IGNORE = -100
+# a reference variant's fp32 twin: `ref_tuned_fp32` is `ref_tuned` without bf16 (the fp32 table of the report)
+FP32 = "_fp32"
 
 
-def training_args(hp: dict[str, Any], seed: int, out: Path, tuned: bool, seq2seq: bool = False, **extra: Any) -> Any:
+# the reference variant that also runs in fp32 where the references autocast (beside llmtune_fp32)
+FP32_TWIN = "ref_tuned"
+# the peers that come from the `bench` extra: side -> the package it needs
+PEERS: dict[str, str] = {}
+
+
+def peer_missing(side: str) -> str | None:
+    """Why a peer side cannot run here (its package is not installed), else None."""
+    import importlib.util
+
+    package = PEERS.get(side.removesuffix(FP32))
+    if package and importlib.util.find_spec(package) is None:
+        return f"not run: {package} is not installed (pip install -e '.[bench]')"
+    return None
+
+
+def base_variant(variant: str) -> str:
+    """The variant without its precision: `ref_tuned_fp32` -> `ref_tuned`."""
+    return variant.removesuffix(FP32)
+
+
+def bf16(spec: dict[str, Any], variant: str) -> bool:
+    """Like for like: a reference autocasts to bf16 (the Trainer's `bf16=True`) exactly where llmtune's side does
+    (`spec["autocast"]`, set by workloads.prepare: the workload trains with mixed_precision auto and this machine
+    runs bf16 natively); its `_fp32` twin, like llmtune's `llmtune_fp32` side, runs fp32."""
+    return bool(spec.get("autocast")) and not variant.endswith(FP32)
+
+
+def training_args(hp: dict[str, Any], seed: int, out: Path, tuned: bool, seq2seq: bool = False, bf16: bool = False,
+                  **extra: Any) -> Any:
     from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
     cls = Seq2SeqTrainingArguments if seq2seq else TrainingArguments
@@ -62,6 +93,7 @@ def training_args(hp: dict[str, Any], seed: int, out: Path, tuned: bool, seq2seq
         report_to="none",
         disable_tqdm=True,
         dataloader_num_workers=0,
+        bf16=bf16,  # autocast, fp32 master weights: what llmtune's mixed_precision bf16 does
         **extra,
     )
 
@@ -69,6 +101,7 @@ def training_args(hp: dict[str, Any], seed: int, out: Path, tuned: bool, seq2seq
 def trainer_figures(trainer: Any, train_result: Any) -> dict[str, Any]:
     m = train_result.metrics
     return {
+        "precision": "bf16" if trainer.args.bf16 else "fp32",
         "train_runtime": m["train_runtime"],
         "train_samples_per_second": m["train_samples_per_second"],
         "train_tokens_per_second": trainer.state.num_input_tokens_seen / m["train_runtime"],
@@ -94,7 +127,7 @@ def classification(spec: dict[str, Any], variant: str, seed: int, out: Path) -> 
     )
 
     hp = spec["hp"]
-    pad_to_max_length = variant == "ref_default"  # run_glue.py: --pad_to_max_length defaults to True
+    pad_to_max_length = base_variant(variant) == "ref_default"  # run_glue.py: --pad_to_max_length defaults to True
     set_seed(seed)
     raw = load_dataset("json", data_files={"train": spec["data"]["train"], "validation": spec["data"]["eval"]})
     label_list = sorted(raw["train"].unique("label"))
@@ -118,7 +151,7 @@ def classification(spec: dict[str, Any], variant: str, seed: int, out: Path) -> 
 
     trainer = Trainer(
         model=model,
-        args=training_args(hp, seed, out, tuned=not pad_to_max_length),
+        args=training_args(hp, seed, out, tuned=not pad_to_max_length, bf16=bf16(spec, variant)),
         train_dataset=raw["train"],
         eval_dataset=raw["validation"],
         compute_metrics=compute_metrics,
@@ -176,7 +209,7 @@ def summarization(spec: dict[str, Any], variant: str, seed: int, out: Path) -> d
 
     trainer = Seq2SeqTrainer(
         model=model,
-        args=training_args(hp, seed, out, tuned=variant == "ref_tuned", seq2seq=True, predict_with_generate=True),
+        args=training_args(hp, seed, out, tuned=base_variant(variant) == "ref_tuned", seq2seq=True, predict_with_generate=True),
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
@@ -202,7 +235,7 @@ def causal_lm(spec: dict[str, Any], variant: str, seed: int, out: Path) -> dict[
 
     hp = spec["hp"]
     max_len = hp["max_seq_length"]
-    pad_to_max_length = variant == "ref_default"
+    pad_to_max_length = base_variant(variant) == "ref_default"
     set_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(spec["model"])
     tokenizer.padding_side = "right"
@@ -231,7 +264,7 @@ def causal_lm(spec: dict[str, Any], variant: str, seed: int, out: Path) -> dict[
     train_dataset = raw["train"].map(preprocess, remove_columns=raw["train"].column_names)
     eval_dataset = raw["validation"].map(preprocess, remove_columns=raw["validation"].column_names)
     collator = default_data_collator if pad_to_max_length else DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE)
-    trainer = Trainer(model=model, args=training_args(hp, seed, out, tuned=not pad_to_max_length),
+    trainer = Trainer(model=model, args=training_args(hp, seed, out, tuned=not pad_to_max_length, bf16=bf16(spec, variant)),
                       train_dataset=train_dataset, processing_class=tokenizer, data_collator=collator)
     train_result = trainer.train()
     trainer.save_model()
@@ -266,7 +299,7 @@ def generation(spec: dict[str, Any], variant: str, seed: int, out: Path) -> dict
     from llmtune.benchmark.workloads import generation_figures
 
     hp = spec["hp"]
-    tuned = variant == "ref_tuned"
+    tuned = base_variant(variant) == "ref_tuned"
     tokenizer = AutoTokenizer.from_pretrained(spec["model"])
     model = AutoModelForSeq2SeqLM.from_pretrained(spec["model"])
     args = Seq2SeqTrainingArguments(output_dir=str(out), per_device_eval_batch_size=hp["batch_size"],
@@ -401,7 +434,7 @@ def ner(spec: dict[str, Any], variant: str, seed: int, out: Path) -> dict[str, A
 
     trainer = Trainer(
         model=model,
-        args=training_args(hp, seed, out, tuned=True),
+        args=training_args(hp, seed, out, tuned=True, bf16=bf16(spec, variant)),
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
@@ -542,8 +575,8 @@ def qa(spec: dict[str, Any], variant: str, seed: int, out: Path) -> dict[str, An
     eval_examples = raw["validation"]
     eval_features = eval_examples.map(prepare_validation_features, batched=True,
                                       remove_columns=eval_examples.column_names)
-    trainer = Trainer(model=model, args=training_args(hp, seed, out, tuned=True), train_dataset=train_dataset,
-                      processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer))
+    trainer = Trainer(model=model, args=training_args(hp, seed, out, tuned=True, bf16=bf16(spec, variant)),
+                      train_dataset=train_dataset, processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer))
     train_result = trainer.train()
     trainer.save_model()
     # QuestionAnsweringTrainer.evaluate: predict the windows (example_id and offset_mapping are not model

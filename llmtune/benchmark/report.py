@@ -51,7 +51,7 @@ LLMTUNE_NAMES = {
 
 
 def llmtune_name(workload: str, results: dict[str, Any]) -> str:
-    """What llmtune did, with the precision its runs chose where it was not fp32 (the references run fp32)."""
+    """What llmtune did, with the precision its runs chose where it was not fp32 (the references' is the same)."""
     runs = results["workloads"].get(workload, {}).get("runs", [])
     precisions = sorted({r["mixed_precision"] for r in runs if r.get("side") == "llmtune" and r.get("mixed_precision")})
     extra = [f"{p} autocast" for p in precisions if p != "no"]
@@ -83,6 +83,7 @@ def paired_ratio(runs: list[dict[str, Any]], ref: str, figure: str, side: str = 
 
 
 def summarize(results: dict[str, Any]) -> dict[str, Any]:
+    from llmtune.benchmark.references import FP32
     from llmtune.benchmark.workloads import FP32_SIDE, IDENTICAL, QUALITY, TARGETS, VARIANTS
 
     summary: dict[str, Any] = {}
@@ -93,8 +94,10 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
         metric, higher, abs_tol, rel_tol = QUALITY[name]
         runs = [r for r in entry["runs"] if "error" not in r]
         sides: dict[str, Any] = {}
-        fp32 = [FP32_SIDE] if any(r["side"] == FP32_SIDE for r in entry["runs"]) else []
-        for side in ("llmtune", *VARIANTS[name], *fp32):
+        ran = {r["side"] for r in entry["runs"]}
+        fp32 = [FP32_SIDE] if FP32_SIDE in ran else []
+        twins = [v + FP32 for v in VARIANTS[name] if v + FP32 in ran]  # the references' fp32 twins
+        for side in ("llmtune", *VARIANTS[name], *fp32, *twins):
             mine = [r for r in runs if r["side"] == side]
             figs = {f: _median([r.get(f) for r in mine]) for f in FIGURES}
             keys = sorted({k for r in mine for k in r.get("quality", {})})
@@ -105,6 +108,8 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
         comparisons: dict[str, Any] = {}
         llm = sides["llmtune"]
         for ref in VARIANTS[name]:
+            if ref in entry.get("peers_missing", {}):
+                continue
             other = sides[ref]
             ratios = {f: paired_ratio(runs, ref, f) for f in FIGURES}
             ratio_of_medians = {f: (llm["median"][f] / other["median"][f]) if llm["median"][f] and other["median"][f]
@@ -133,16 +138,24 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
             targets.append({"figure": "peak_mem_mb", "maximum": 1.0, "ratio": mem, "met": mem is not None and mem <= 1.0})
             comparisons[ref] = {"ratios": ratios, "ratio_of_medians": ratio_of_medians, "quality": quality,
                                 "targets": targets}
-        summary[name] = {"status": "ok", "sides": sides, "vs": comparisons}
-        if fp32:  # llmtune without bf16 against each reference, and bf16 alone (llmtune against llmtune fp32)
+        summary[name] = {"status": "ok", "sides": sides, "vs": comparisons,
+                         "peers_missing": dict(entry.get("peers_missing", {}))}
+        if fp32:  # like for like in fp32: llmtune_fp32 against each reference's fp32 twin; and bf16 alone
             own = sides[FP32_SIDE]
             summary[name]["fp32"] = {
-                ref: {"ratios": {f: paired_ratio(runs, ref, f, side=FP32_SIDE) for f in FIGURES},
-                      "quality": {"metric": metric, "llmtune_fp32": own["quality"].get(metric),
-                                  "reference": sides[ref]["quality"].get(metric)}}
-                for ref in (*VARIANTS[name], "llmtune")}
+                twin: {"ratios": {f: paired_ratio(runs, twin, f, side=FP32_SIDE) for f in FIGURES},
+                       "quality": {"metric": metric, "llmtune_fp32": own["quality"].get(metric),
+                                   "reference": sides[twin]["quality"].get(metric)}}
+                for twin in twins}
             # paired_ratio(side=llmtune_fp32, ref=llmtune) is fp32/bf16; the bf16 gain is its inverse
-            summary[name]["fp32"]["llmtune"]["ratios"] = {f: paired_ratio(runs, FP32_SIDE, f) for f in FIGURES}
+            summary[name]["fp32"]["llmtune"] = {
+                "ratios": {f: paired_ratio(runs, FP32_SIDE, f) for f in FIGURES},
+                "quality": {"metric": metric, "llmtune_fp32": own["quality"].get(metric)}}
+            for twin in twins:  # what bf16 buys the reference, for comparison
+                summary[name]["fp32"][twin.removesuffix(FP32) + ":bf16"] = {
+                    "ratios": {f: paired_ratio(runs, twin, f, side=twin.removesuffix(FP32)) for f in FIGURES},
+                    "quality": {"metric": metric, "llmtune_fp32": sides[twin]["quality"].get(metric),
+                                "reference": sides[twin.removesuffix(FP32)]["quality"].get(metric)}}
     return summary
 
 
@@ -195,6 +208,8 @@ def run_line(name: str, run: dict[str, Any]) -> str:
 
 
 def markdown(results: dict[str, Any]) -> str:
+    from llmtune.benchmark.workloads import VARIANTS
+
     meta, summary = results["meta"], results["summary"]
     gpu = any(s.get("sides", {}).get("llmtune", {}).get("median", {}).get("peak_cuda_mb") for s in summary.values())
     head = ["workload", "llmtune vs reference", "samples/s llmtune · ref", "×", "tokens/s ×", "wall s llmtune · ref",
@@ -215,6 +230,9 @@ def markdown(results: dict[str, Any]) -> str:
                      f"{_num(llm['peak_mem_mb'], 0)} · {_num(other['peak_mem_mb'], 0)}", _ratio(r["peak_mem_mb"]),
                      *([_ratio(r["peak_cuda_mb"])] if gpu else []), _quality(name, c["quality"]), _target(c)]
             lines.append("| " + " | ".join(cells) + " |")
+        for ref, why in s.get("peers_missing", {}).items():  # a peer that could not run is said, not skipped
+            if ref in VARIANTS[name]:
+                lines.append(f"| {TITLES[name]} | vs {REFERENCE_NAMES[(name, ref)]} | {why} |" + " |" * (len(head) - 3))
     failed = [(n, side, s["sides"][side]["failed"]) for n, s in summary.items() if s.get("status") == "ok"
               for side in s["sides"] if s["sides"][side]["failed"]]
     device = meta.get("gpu") or f"{meta['cpu']}, {meta['threads']} threads on {meta['cpus']} CPUs"
@@ -237,7 +255,9 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def fp32_table(results: dict[str, Any]) -> list[str]:
-    """llmtune with train.mixed_precision=no against the same references: the gain that is not bf16's."""
+    """llmtune with train.mixed_precision=no against the references' fp32 twins: the gain that is not bf16's."""
+    from llmtune.benchmark.references import FP32
+
     summary = results["summary"]
     rows = []
     for name, s in summary.items():
@@ -248,8 +268,11 @@ def fp32_table(results: dict[str, Any]) -> list[str]:
             if ref == "llmtune":
                 what = "llmtune (bf16 autocast) vs llmtune fp32: the bf16 gain alone"
                 a, b = s["sides"]["llmtune"]["quality"].get(q["metric"]), q["llmtune_fp32"]
+            elif ref.endswith(":bf16"):
+                what = f"{REFERENCE_NAMES[(name, ref.removesuffix(':bf16'))]}: bf16 vs fp32, the reference's own bf16 gain"
+                a, b = q["reference"], q["llmtune_fp32"]
             else:
-                what = f"llmtune fp32 vs {REFERENCE_NAMES[(name, ref)]}"
+                what = f"llmtune fp32 vs {REFERENCE_NAMES[(name, ref.removesuffix(FP32))]} in fp32"
                 a, b = q["llmtune_fp32"], q["reference"]
             quality = "—" if a is None or b is None else \
                 f"{q['metric'].removeprefix('eval_')} {a:.{digits}f} vs {b:.{digits}f}"
@@ -258,8 +281,9 @@ def fp32_table(results: dict[str, Any]) -> list[str]:
     if not rows:
         return []
     return ["", "llmtune's recipes train with `train.mixed_precision: auto`, which picked bf16 autocast on this "
-            "machine (native bf16); the references run fp32, as the example scripts do unless given `--bf16`. "
-            "Each workload that autocasts also ran llmtune with `train.mixed_precision=no` (paired the same way):",
+            "machine (native bf16), and the references above ran with the Trainer's `bf16=True` (like for like). "
+            "The same comparisons in fp32: llmtune with `train.mixed_precision=no` against the tuned reference "
+            "without `bf16` (paired the same way):",
             "", "| workload | comparison | throughput × | peak MB × | quality |", "|---|---|---|---|---|", *rows]
 
 

@@ -58,13 +58,16 @@ def run(spec: dict[str, Any], side: str, seed: int, work: Path) -> dict[str, Any
 
         torch.set_num_threads(threads)
     _quiet(libraries=torch is not None)
-    from llmtune.benchmark.references import REFERENCES
+    from llmtune.benchmark.references import REFERENCES, base_variant
     from llmtune.benchmark.workloads import LLMTUNE
 
     t0 = time.perf_counter()
     if side == "llmtune_fp32":  # llmtune as in its recipes, but with train.mixed_precision=no
         spec, side = {**spec, "mixed_precision": "no"}, "llmtune"
-    fn = LLMTUNE[workload] if side == "llmtune" else (lambda s, seed, out: REFERENCES[workload](s, side, seed, out))
+    ref = REFERENCES.get(workload)
+    if isinstance(ref, dict):  # a workload with several reference implementations: one per variant (a peer's own)
+        ref = ref[base_variant(side)]
+    fn = LLMTUNE[workload] if side == "llmtune" else (lambda s, seed, out: ref(s, side, seed, out))
     result = fn(spec, seed, work)
     result["inner_seconds"] = time.perf_counter() - t0
     result["peak_rss_main_mb"] = peak_rss_mb()

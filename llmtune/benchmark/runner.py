@@ -220,6 +220,7 @@ def run_benchmark(workloads: list[str] | None = None, data_dir: Path | None = No
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from llmtune.benchmark import report
+    from llmtune.benchmark.references import FP32, FP32_TWIN, peer_missing
     from llmtune.benchmark.workloads import AUTOCAST, FP32_SIDE, QUALITY, VARIANTS, pipeline_available, prepare
 
     console = console or Console()
@@ -285,13 +286,22 @@ def run_benchmark(workloads: list[str] | None = None, data_dir: Path | None = No
 
             # llmtune's own fp32 side only where its recipes' `auto` picks bf16 (elsewhere it would repeat llmtune)
             ablate = {n for n in specs if n in AUTOCAST and native_bf16()}
-            total = sum(repeats * (1 + len(VARIANTS[n]) + (n in ablate)) for n in specs)
+            # ...and there the references run bf16 too (like for like), with the tuned one's fp32 twin beside
+            # llmtune_fp32 for the fp32 table
+            twins = {n: [f"{FP32_TWIN}{FP32}"] if n in ablate and FP32_TWIN in VARIANTS[n] else [] for n in specs}
+            total = sum(repeats * (1 + len(VARIANTS[n]) + (n in ablate) + len(twins[n])) for n in specs)
             overall = progress.add_task("benchmark", total=total)
             for name, spec in specs.items():
                 entry = results["workloads"][name]
                 # llmtune runs next to each reference (in the middle of three), and the order flips every repeat
                 refs = list(VARIANTS[name])
-                sides = [refs[0], "llmtune", *refs[1:], *([FP32_SIDE] if name in ablate else [])]
+                sides = [refs[0], "llmtune", *refs[1:], *([FP32_SIDE] if name in ablate else []), *twins[name]]
+                for side in sides:
+                    missing = peer_missing(side)
+                    if missing:  # reported in the results and the report, never silently left out
+                        entry.setdefault("peers_missing", {})[side] = missing
+                        console.log(f"{name} · {side}: {missing}")
+                sides = [side for side in sides if side not in entry.get("peers_missing", {})]
                 for r in range(repeats):
                     for side in (sides if r % 2 == 0 else sides[::-1]):
                         seed = 42 + r

@@ -433,6 +433,11 @@ def _steps_and_rows(s: dict[str, Any], n_train: int) -> tuple[int, int]:
     return steps, min(n_train, steps * s["batch_size"])
 
 
+# workloads whose preparation lives in their own module: name -> fn(settings, spec, data_dir, work) that fills
+# spec's "model", "model_name", "hp" and "data" as the branches of prepare() below do
+PREPARE: dict[str, Any] = {}
+
+
 def prepare(workload: str, scale: str, data_dir: Path | None, work: Path, threads: int) -> dict[str, Any]:
     """Write the workload's data files and model folder under `work`; return the spec both sides run from."""
     s = SETTINGS[workload][scale]
@@ -538,8 +543,14 @@ def prepare(workload: str, scale: str, data_dir: Path | None, work: Path, thread
         spec["hp"] = {"pairs": len(pairs)}
         spec["data"] = {"pairs": write_jsonl(work / "pairs.jsonl", pairs), "origin": origin + ", predictions: "
                         "each reference with seeded word drops, a swap and a replacement", "eval_rows": len(pairs)}
+    elif workload in PREPARE:  # a workload written in its own module (registered in PREPARE)
+        PREPARE[workload](s, spec, data_dir, work)
     else:
         raise LlmtuneError(f"unknown workload '{workload}'")
+    from llmtune.hardware import native_bf16
+
+    # like for like: where llmtune's side autocasts to bf16, the references do too (references.bf16)
+    spec["autocast"] = workload in AUTOCAST and native_bf16() is not None
     (work / "spec.json").write_text(json.dumps(spec, indent=2))
     return spec
 
