@@ -196,3 +196,38 @@ def test_eval_of_a_base_encoder_uses_the_recipes_pooling(tiny_bert: Path, tmp_pa
         scores[pooling] = json.loads((tmp_path / f"ev-{pooling}" / "results.json").read_text())["results"]
     first = next(iter(scores["mean"]))
     assert scores["mean"][first]["mrr@10"]["value"] != scores["cls"][first]["mrr@10"]["value"]
+
+
+SENTENCES = ["Which river flows through Lisk?", "Lisk stands on the Teme.",
+             "A much longer sentence, so that the batch pads the other two rows by a dozen tokens or more.", "Tea."]
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls", "max"])
+@pytest.mark.parametrize("normalize", [True, False])
+def test_run_folder_loads_in_sentence_transformers(tiny_bert: Path, tmp_path: Path, pooling: str,
+                                                   normalize: bool) -> None:
+    """The real package: SentenceTransformer(run folder) gives the vectors `llmtune predict` gives (1e-5), in one
+    padded batch, for every pooling, with and without the Normalize module."""
+    st = pytest.importorskip("sentence_transformers")
+    import torch
+
+    out = tmp_path / f"run-{pooling}-{normalize}"
+    recipe = _recipe(tmp_path, tiny_bert, write_jsonl(tmp_path / "t.jsonl", _bundled("train.jsonl", 8)),
+                     write_jsonl(tmp_path / "e.jsonl", _bundled("eval.jsonl", 8)), out, train__max_steps=2,
+                     embedding__pooling=pooling, embedding__normalize=normalize)
+    res = run_cli("finetune", recipe)
+    assert res.exit_code == 0, res.output
+    (tmp_path / "in.txt").write_text("\n".join(SENTENCES) + "\n", encoding="utf-8")
+    res = run_cli("predict", out, "--input", tmp_path / "in.txt", "--output", tmp_path / "p.jsonl")
+    assert res.exit_code == 0, res.output
+    got = torch.tensor([json.loads(x)["embedding"] for x in (tmp_path / "p.jsonl").read_text().splitlines()])
+
+    model = st.SentenceTransformer(str(out), device="cpu")
+    kinds = [type(m).__name__ for m in model]
+    assert kinds == ["Transformer", "Pooling", *(["Normalize"] if normalize else [])]
+    assert model[1].pooling_mode == pooling and model.max_seq_length == 32
+    ref = torch.tensor(model.encode(SENTENCES, batch_size=len(SENTENCES)))
+    assert ref.shape == got.shape == (len(SENTENCES), 32)
+    assert torch.allclose(ref, got, atol=1e-5), (ref - got).abs().max()
+    norms = ref.norm(dim=-1)
+    assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5) is normalize
