@@ -231,3 +231,12 @@ def test_run_folder_loads_in_sentence_transformers(tiny_bert: Path, tmp_path: Pa
     assert torch.allclose(ref, got, atol=1e-5), (ref - got).abs().max()
     norms = ref.norm(dim=-1)
     assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5) is normalize
+
+
+def test_collator_counts_the_tokens_of_every_text() -> None:
+    """tokens/s of an embedding run: every text a batch encodes (anchor, positive, negative), not the first alone."""
+    rows = [{"input_ids": [1, 2, 3], "key": 1, "b_input_ids": [4, 5], "b_key": 2, "c_input_ids": [6], "c_key": 3},
+            {"input_ids": [7], "key": 4, "b_input_ids": [8, 9, 10, 11], "b_key": 5, "c_input_ids": [12, 13], "c_key": 6}]
+    batch = emb.Collator(pad_id=0)(rows)
+    assert batch["n_tokens"].tolist() == [6, 7] and int(batch["n_examples"].sum()) == 2
+    assert batch["b_attention_mask"].tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]]

@@ -283,7 +283,9 @@ def load_model(recipe: Recipe, tokenizer: Any, info: Info) -> Any:
 
 
 class Collator:
-    """Pads each text column of the rows; every text of a batch goes through one forward (see loss)."""
+    """Pads each text column of the rows; every text of a batch goes through one forward (see loss). The batch's
+    real tokens are those of all its texts (`n_tokens`, which the loop counts): the attention mask it would fall
+    back to is the first column's alone, half of what a pair batch encodes."""
 
     def __init__(self, pad_id: int) -> None:
         self.pad_id = pad_id
@@ -302,6 +304,9 @@ class Collator:
             batch[prefix + "key"] = torch.tensor([f[prefix + "key"] for f in features])
         if "score" in features[0]:
             batch["score"] = torch.tensor([f["score"] for f in features], dtype=torch.float32)
+        batch["n_tokens"] = sum(batch[p + "attention_mask"].sum(1) for p in ("", SECOND, THIRD)
+                                if p + "attention_mask" in batch)
+        batch["n_examples"] = torch.ones(len(features), dtype=torch.long)
         if "idx" in features[0]:
             batch["idx"] = torch.tensor([f["idx"] for f in features])
         return batch
