@@ -240,3 +240,24 @@ def test_collator_counts_the_tokens_of_every_text() -> None:
     batch = emb.Collator(pad_id=0)(rows)
     assert batch["n_tokens"].tolist() == [6, 7] and int(batch["n_examples"].sum()) == 2
     assert batch["b_attention_mask"].tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]]
+
+
+@pytest.mark.parametrize("pooling", ["cls", "max"])
+def test_a_folder_saved_by_sentence_transformers_6_loads_with_its_pooling(tiny_bert: Path, tmp_path: Path,
+                                                                          pooling: str) -> None:
+    """sentence-transformers 6 saves `pooling_mode: "cls"` (not the pooling_mode_* bools): llmtune's loader of a
+    finished embedding model pools such a folder as it says (it pooled by the mean) and gives
+    SentenceTransformer.encode's vectors (the embedding benchmark scores the reference's saved model this way)."""
+    st = pytest.importorskip("sentence_transformers")
+    import torch
+    from sentence_transformers.sentence_transformer import modules
+
+    folder = tmp_path / f"st-{pooling}"
+    model = st.SentenceTransformer(modules=[modules.Transformer(str(tiny_bert), max_seq_length=32),
+                                            modules.Pooling(32, pooling_mode=pooling)], device="cpu")
+    model.save(str(folder))
+    assert json.loads((folder / "1_Pooling" / "config.json").read_text())["pooling_mode"] == pooling
+    encoder, tokenizer = emb.load_trained(folder, None, None)
+    assert encoder.pooling == pooling and not encoder.normalize
+    got = emb.encode_texts(encoder, tokenizer, SENTENCES, 32)
+    assert torch.allclose(got, torch.tensor(model.encode(SENTENCES)), atol=1e-5)

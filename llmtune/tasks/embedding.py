@@ -482,7 +482,15 @@ def load_trained(path: Path, recipe: Recipe | None, info: Info | None) -> tuple[
     cfg = path / "1_Pooling" / "config.json"
     if info is None and cfg.is_file():
         pc = json.loads(cfg.read_text())
-        pooling = "cls" if pc.get("pooling_mode_cls_token") else "max" if pc.get("pooling_mode_max_tokens") else "mean"
+        # sentence-transformers 6 writes one `pooling_mode` ("cls", "max", "mean"...); earlier versions a bool each
+        mode = pc.get("pooling_mode")
+        if isinstance(mode, str):
+            if mode not in ("mean", "cls", "max"):
+                raise LlmtuneError(f"{cfg}: pooling_mode '{mode}' is not one llmtune computes (mean, cls, max)")
+            pooling = mode
+        else:
+            pooling = "cls" if pc.get("pooling_mode_cls_token") else "max" if pc.get("pooling_mode_max_tokens") \
+                else "mean"
         normalize = "Normalize" in (path / "modules.json").read_text() if (path / "modules.json").is_file() else False
     max_len = recipe.train.max_seq_length if recipe is not None else 512
     return encoder(AutoModel.from_pretrained(str(path)), pooling, normalize, max_len), \
