@@ -37,6 +37,9 @@ def test_benchmark_tiny_writes_results_table_and_charts(tmp_path: Path, cli, mon
         assert run["samples_per_second"] > 0 and run["tokens_per_second"] > 0 and run["peak_mem_mb"] > 50
         assert run["global_step"] == cls["hp"]["max_steps"]
         assert 0 <= run["quality"]["eval_accuracy"] <= 1 and run["loss_curve"]
+        # MFU: the run's model FLOPs over the peak measured at the start, in the run's precision
+        assert 0 < run["mfu"] < 1 and run["mfu_precision"] in results["meta"]["peak_flops"]
+        assert 0 < run["outside_training_seconds"] < run["wall_seconds"]
     # the same rows (one epoch of max_steps batches) on every side, and padding never counts as a token
     per_sample = {r["side"]: r["tokens_per_second"] / r["samples_per_second"] for r in cls["runs"]}
     assert per_sample["ref_default"] == pytest.approx(per_sample["ref_tuned"], rel=0.01)

@@ -2,7 +2,9 @@
 
     classification  examples/pytorch/text-classification/run_glue.py (train, save, evaluate)
     summarization   examples/pytorch/summarization/run_summarization.py (--predict_with_generate)
-    causal_lm       Trainer + PEFT LoRA on prompt/completion pairs with the prompt masked, as in PEFT's examples
+    causal_lm       Trainer + PEFT LoRA on prompt/completion pairs with the prompt masked, as in PEFT's examples;
+                    and TRL's SFTTrainer (padding_free, completion_only_loss, peft_config): the trainer
+                    LLaMA-Factory and Axolotl users train through (`trl_sft`, from the `bench` extra)
     generation      run_summarization.py --do_predict --predict_with_generate (Seq2SeqTrainer.predict)
     metrics         a loop over rouge_score's RougeScorer, then one sacrebleu.corpus_bleu call
     ner             examples/pytorch/token-classification/run_ner.py (tokenize_and_align_labels, seqeval)
@@ -45,7 +47,7 @@ FP32 = "_fp32"
 # the reference variant that also runs in fp32 where the references autocast (beside llmtune_fp32)
 FP32_TWIN = "ref_tuned"
 # the peers that come from the `bench` extra: side -> the package it needs
-PEERS: dict[str, str] = {}
+PEERS: dict[str, str] = {"trl_sft": "trl"}
 
 
 def peer_missing(side: str) -> str | None:
@@ -71,10 +73,11 @@ def bf16(spec: dict[str, Any], variant: str) -> bool:
 
 
 def training_args(hp: dict[str, Any], seed: int, out: Path, tuned: bool, seq2seq: bool = False, bf16: bool = False,
-                  **extra: Any) -> Any:
+                  cls: Any = None, **extra: Any) -> Any:
+    """The TrainingArguments every reference shares (`cls`: a subclass, e.g. TRL's SFTConfig)."""
     from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
-    cls = Seq2SeqTrainingArguments if seq2seq else TrainingArguments
+    cls = cls or (Seq2SeqTrainingArguments if seq2seq else TrainingArguments)
     return cls(
         output_dir=str(out),
         max_steps=hp["max_steps"],
@@ -230,7 +233,6 @@ def causal_lm(spec: dict[str, Any], variant: str, seed: int, out: Path) -> dict[
     import torch
     from datasets import load_dataset
     from peft import LoraConfig, get_peft_model
-    from torch.utils.data import DataLoader
     from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, default_data_collator, set_seed
 
     hp = spec["hp"]
@@ -245,13 +247,7 @@ def causal_lm(spec: dict[str, Any], variant: str, seed: int, out: Path) -> dict[
                                              lora_dropout=hp["lora_dropout"], target_modules="all-linear", bias="none"))
 
     def preprocess(example: dict[str, Any]) -> dict[str, list[int]]:
-        # the chat template's prompt, then the answer and the end-of-turn token; only the answer is learnt
-        prompt = tokenizer.apply_chat_template([{"role": "user", "content": example["question"]}], tokenize=False,
-                                               add_generation_prompt=True)
-        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        answer_ids = tokenizer(example["answer"] + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
-        input_ids = (prompt_ids + answer_ids)[:max_len]
-        labels = ([IGNORE] * len(prompt_ids) + answer_ids)[:max_len]
+        input_ids, labels = causal_lm_tokens(tokenizer, example, max_len)
         attention_mask = [1] * len(input_ids)
         if pad_to_max_length:
             pad = max_len - len(input_ids)
@@ -268,17 +264,84 @@ def causal_lm(spec: dict[str, Any], variant: str, seed: int, out: Path) -> dict[
                       train_dataset=train_dataset, processing_class=tokenizer, data_collator=collator)
     train_result = trainer.train()
     trainer.save_model()
+    return {**trainer_figures(trainer, train_result),
+            "quality": {"eval_loss": eval_loss_per_token(model, eval_dataset, collator, hp["eval_batch_size"])}}
 
-    # eval loss per target token over all eval rows (Trainer.evaluate averages per batch instead)
+
+def causal_lm_tokens(tokenizer: Any, example: dict[str, Any], max_len: int) -> tuple[list[int], list[int]]:
+    """The chat template's prompt, then the answer and the end-of-turn token (the answer alone is learnt): the
+    token ids and labels every causal_lm reference trains on, cut at max_len."""
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": example["question"]}], tokenize=False,
+                                           add_generation_prompt=True)
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    answer_ids = tokenizer(example["answer"] + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+    return (prompt_ids + answer_ids)[:max_len], ([IGNORE] * len(prompt_ids) + answer_ids)[:max_len]
+
+
+def eval_loss_per_token(model: Any, eval_dataset: Any, collator: Any, batch_size: int) -> float:
+    """Mean loss per target token over all eval rows, in fp32 as llmtune evaluates (Trainer.evaluate averages per
+    batch instead)."""
+    import torch
+    from torch.utils.data import DataLoader
+
     model.eval()
     nll, n_tokens = 0.0, 0
     with torch.no_grad():
-        for batch in DataLoader(eval_dataset, batch_size=hp["eval_batch_size"], collate_fn=collator):
+        for batch in DataLoader(eval_dataset, batch_size=batch_size, collate_fn=collator):
             batch = {k: v.to(model.device) for k, v in batch.items()}
             n = int((batch["labels"][:, 1:] != IGNORE).sum())
             nll += float(model(**batch).loss) * n
             n_tokens += n
-    return {**trainer_figures(trainer, train_result), "quality": {"eval_loss": nll / max(n_tokens, 1)}}
+    return nll / max(n_tokens, 1)
+
+
+def causal_lm_trl(spec: dict[str, Any], variant: str, seed: int, out: Path) -> dict[str, Any]:
+    """TRL's SFTTrainer as its docs set it up for prompt/completion data with LoRA: `padding_free=True` (each batch
+    one row of concatenated examples with position_ids, no padding), `completion_only_loss=True`, the adapter from
+    `peft_config`. The rows are tokenized as the other references tokenize them (input_ids + completion_mask, which
+    SFTTrainer takes as they are), so every side trains on the same tokens."""
+    import torch
+    from datasets import load_dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, set_seed
+    from trl import SFTConfig, SFTTrainer
+
+    hp = spec["hp"]
+    max_len = hp["max_seq_length"]
+    set_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(spec["model"])
+    tokenizer.padding_side = "right"
+    model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32)
+    model.config.use_cache = False
+
+    def preprocess(example: dict[str, Any]) -> dict[str, list[int]]:
+        input_ids, labels = causal_lm_tokens(tokenizer, example, max_len)
+        return {"input_ids": input_ids, "completion_mask": [int(t != IGNORE) for t in labels]}
+
+    def with_labels(example: dict[str, Any]) -> dict[str, list[int]]:
+        input_ids, labels = causal_lm_tokens(tokenizer, example, max_len)
+        return {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": labels}
+
+    raw = load_dataset("json", data_files={"train": spec["data"]["train"], "validation": spec["data"]["eval"]})
+    train_dataset = raw["train"].map(preprocess, remove_columns=raw["train"].column_names)
+    # max_length=None: the rows are already cut at max_seq_length (TRL refuses max_length with padding_free unpacked)
+    args = training_args(hp, seed, out, tuned=False, bf16=bf16(spec, variant), cls=SFTConfig, padding_free=True,
+                         completion_only_loss=True, max_length=None, packing=False)
+    peft_config = LoraConfig(task_type="CAUSAL_LM", r=hp["lora_r"], lora_alpha=hp["lora_alpha"],
+                             lora_dropout=hp["lora_dropout"], target_modules="all-linear", bias="none")
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train_dataset, processing_class=tokenizer,
+                         peft_config=peft_config)
+    train_result = trainer.train()
+    trainer.save_model()
+    eval_dataset = raw["validation"].map(with_labels, remove_columns=raw["validation"].column_names)
+    collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE)
+    figures = trainer_figures(trainer, train_result)
+    # without an attention_mask the Trainer counts tokens that are not the pad id, and the pad id is the end-of-turn
+    # token every example ends with: count the trained rows' tokens instead (one epoch over all of them)
+    if trainer.state.global_step * hp["batch_size"] == len(train_dataset):
+        figures["train_tokens_per_second"] = sum(len(r) for r in train_dataset["input_ids"]) / figures["train_runtime"]
+    return {**figures,
+            "quality": {"eval_loss": eval_loss_per_token(trainer.model, eval_dataset, collator, hp["eval_batch_size"])}}
 
 
 # ---- 4. generation-based eval: Seq2SeqTrainer.predict(predict_with_generate) ------------------------------
@@ -594,7 +657,7 @@ def qa(spec: dict[str, Any], variant: str, seed: int, out: Path) -> dict[str, An
 REFERENCES = {
     "classification": classification,
     "summarization": summarization,
-    "causal_lm": causal_lm,
+    "causal_lm": {"ref_default": causal_lm, "ref_tuned": causal_lm, "trl_sft": causal_lm_trl},
     "generation": generation,
     "metrics": metrics,
     "ner": ner,

@@ -15,7 +15,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-FIGURES = ("samples_per_second", "tokens_per_second", "wall_seconds", "cpu_seconds", "peak_mem_mb", "peak_cuda_mb")
+FIGURES = ("samples_per_second", "tokens_per_second", "wall_seconds", "cpu_seconds", "peak_mem_mb", "peak_cuda_mb",
+           "train_runtime", "outside_training_seconds", "model_tflops", "mfu")
 
 TITLES = {
     "classification": "classification (SST-2)",
@@ -33,6 +34,7 @@ REFERENCE_NAMES = {
     ("summarization", "ref_tuned"): "run_summarization.py + group_by_length",
     ("causal_lm", "ref_default"): "Trainer + PEFT, padded to max length",
     ("causal_lm", "ref_tuned"): "Trainer + PEFT, dynamic padding, group_by_length",
+    ("causal_lm", "trl_sft"): "TRL SFTTrainer, padding_free, completion_only_loss, PEFT",
     ("generation", "ref_default"): "Seq2SeqTrainer.predict, predict_with_generate",
     ("generation", "ref_tuned"): "predict_with_generate, rows sorted, no labels",
     ("metrics", "ref_default"): "rouge_score loop + sacrebleu.corpus_bleu",
@@ -170,6 +172,22 @@ def _num(v: float | None, digits: int = 1) -> str:
     return f"{v:.{digits}f}"
 
 
+def _pct(v: float | None) -> str:
+    return "—" if v is None else f"{100 * v:.1f}%"
+
+
+def _peak_line(meta: dict[str, Any]) -> str:
+    peak = meta.get("peak_flops") or {}
+    if not peak:
+        return ""
+    parts = [f"{k} {peak[k] / 1e12:.2f} TFLOP/s" if peak[k] >= 1e12 else f"{k} {peak[k] / 1e9:.0f} GFLOP/s"
+             for k in ("fp32", "bf16") if peak.get(k)]
+    return (f"MFU: model FLOPs per second (llmtune/benchmark/mfu.py: 6·N per trained token for trained weights, "
+            f"4·N for frozen ones under LoRA, plus attention over each example's tokens) over this machine's matmul "
+            f"peak measured at the start on {peak.get('threads')} threads ({peak.get('device')}, "
+            f"{peak.get('matrix')}² products): {', '.join(parts)}; a run is divided by the peak of its precision.")
+
+
 def _ratio(v: float | None) -> str:
     return "—" if v is None else f"{v:.2f}×"
 
@@ -212,8 +230,9 @@ def markdown(results: dict[str, Any]) -> str:
 
     meta, summary = results["meta"], results["summary"]
     gpu = any(s.get("sides", {}).get("llmtune", {}).get("median", {}).get("peak_cuda_mb") for s in summary.values())
-    head = ["workload", "llmtune vs reference", "samples/s llmtune · ref", "×", "tokens/s ×", "wall s llmtune · ref",
-            "CPU s ×", "peak MB llmtune · ref", "×", *(["peak CUDA MB ×"] if gpu else []), "quality", "target"]
+    head = ["workload", "llmtune vs reference", "samples/s llmtune · ref", "×", "tokens/s ×", "MFU llmtune · ref",
+            "train s llmtune · ref", "start-up + eval s", "CPU s ×", "peak MB llmtune · ref", "×",
+            *(["peak CUDA MB ×"] if gpu else []), "quality", "target"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, s in summary.items():
         if s.get("status") != "ok":
@@ -226,7 +245,10 @@ def markdown(results: dict[str, Any]) -> str:
             cells = [TITLES[name], f"{llmtune_name(name, results)} vs {REFERENCE_NAMES[(name, ref)]}",
                      f"{_num(llm['samples_per_second'])} · {_num(other['samples_per_second'])}",
                      f"**{_ratio(r['samples_per_second'])}**", _ratio(r["tokens_per_second"]),
-                     f"{_num(llm['wall_seconds'], 0)} · {_num(other['wall_seconds'], 0)}", _ratio(r["cpu_seconds"]),
+                     f"{_pct(llm['mfu'])} · {_pct(other['mfu'])}",
+                     f"{_num(llm['train_runtime'], 0)} · {_num(other['train_runtime'], 0)}",
+                     f"{_num(llm['outside_training_seconds'], 0)} · {_num(other['outside_training_seconds'], 0)}",
+                     _ratio(r["cpu_seconds"]),
                      f"{_num(llm['peak_mem_mb'], 0)} · {_num(other['peak_mem_mb'], 0)}", _ratio(r["peak_mem_mb"]),
                      *([_ratio(r["peak_cuda_mb"])] if gpu else []), _quality(name, c["quality"]), _target(c)]
             lines.append("| " + " | ".join(cells) + " |")
@@ -245,6 +267,9 @@ def markdown(results: dict[str, Any]) -> str:
         "steadier than wall time on a shared machine. Tokens are non-padding tokens (sum of attention_mask "
         "over the trained batches). Peak MB: the run process's own peak RSS (VmHWM); where it starts worker processes, "
         "the peak (sampled every 0.1 s) of the PSS summed over it and its workers, if larger.",
+        _peak_line(meta),
+        "Train s: the training loop alone (the figures per second come from it); start-up + eval s: the rest of the "
+        "run's wall time (imports, model load, tokenization, evaluation, saving).",
         "Quality: ⚠ marks llmtune worse than the reference by more than the noise (the larger of either side's spread "
         "over the repeats and the tolerance: 0.01 accuracy, 0.5 ROUGE-L, 2% eval loss, 0.02 entity F1, 2 SQuAD F1; "
         "metric scoring must be identical).",

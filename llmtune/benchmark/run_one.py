@@ -65,7 +65,7 @@ def run(spec: dict[str, Any], side: str, seed: int, work: Path) -> dict[str, Any
     if side == "llmtune_fp32":  # llmtune as in its recipes, but with train.mixed_precision=no
         spec, side = {**spec, "mixed_precision": "no"}, "llmtune"
     ref = REFERENCES.get(workload)
-    if isinstance(ref, dict):  # a workload with several reference implementations: one per variant (a peer's own)
+    if isinstance(ref, dict) and side != "llmtune":  # several reference implementations: one per variant
         ref = ref[base_variant(side)]
     fn = LLMTUNE[workload] if side == "llmtune" else (lambda s, seed, out: ref(s, side, seed, out))
     result = fn(spec, seed, work)

@@ -162,6 +162,9 @@ def normalise(workload: str, run: dict[str, Any], spec: dict[str, Any]) -> dict[
     if "train_samples_per_second" in run:
         run["samples_per_second"] = run["train_samples_per_second"]
         run["tokens_per_second"] = run["train_tokens_per_second"]
+    if run.get("train_runtime") is not None:
+        # what the run spent outside its training loop: imports, model load, tokenization, evaluation, saving
+        run["outside_training_seconds"] = round(run["wall_seconds"] - run["train_runtime"], 3)
     preds = run.pop("predictions", None)
     if preds is not None:
         # both sides' predictions are scored by the same function against every reference of a row
@@ -253,8 +256,15 @@ def run_benchmark(workloads: list[str] | None = None, data_dir: Path | None = No
 
     import torch
 
+    from llmtune.benchmark import mfu
+
     torch.set_num_threads(threads)
     _quiet_libraries()
+    console.log("measuring this machine's matmul peak (fp32; bf16 where native) on "
+                    f"{threads} thread{'s' if threads > 1 else ''}")
+    peak = mfu.peaks(threads)
+    results["meta"]["peak_flops"] = peak
+    save()
     with tempfile.TemporaryDirectory(prefix="llmtune-benchmark-") as tmp:
         work_root = Path(tmp)
         columns = (SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -309,6 +319,7 @@ def run_benchmark(workloads: list[str] | None = None, data_dir: Path | None = No
                         run = measure(work_root / name / "spec.json", side, seed, work_root / "runs" / f"{name}-{side}-{r}",
                                       out / "logs" / f"{name}-{side}-{r}.log", threads, timeout)
                         run = normalise(name, run, spec)
+                        run.update(mfu.run_mfu(run, spec, peak))
                         run["repeat"] = r
                         entry["runs"].append(run)
                         console.log(report.run_line(name, run))

@@ -108,7 +108,7 @@ IDENTICAL = {"metrics": ("rouge1", "rouge2", "rougeL", "bleu")}
 VARIANTS = {
     "classification": ("ref_default", "ref_tuned"),
     "summarization": ("ref_default", "ref_tuned"),
-    "causal_lm": ("ref_default", "ref_tuned"),
+    "causal_lm": ("ref_default", "ref_tuned", "trl_sft"),
     "generation": ("ref_default", "ref_tuned"),
     "metrics": ("ref_default",),
     # run_ner.py pads per batch by default; run_qa.py pads to max_seq_length by default, which a careful user
@@ -547,10 +547,17 @@ def prepare(workload: str, scale: str, data_dir: Path | None, work: Path, thread
         PREPARE[workload](s, spec, data_dir, work)
     else:
         raise LlmtuneError(f"unknown workload '{workload}'")
+    from llmtune.benchmark import mfu
     from llmtune.hardware import native_bf16
 
     # like for like: where llmtune's side autocasts to bf16, the references do too (references.bf16)
     spec["autocast"] = workload in AUTOCAST and native_bf16() is not None
+    if workload in mfu.CLASSES:  # the model's shape, for the model FLOPs of each run (mfu.py)
+        hp = spec["hp"]
+        lora = {"r": hp["lora_r"], "target_modules": hp.get("lora_target_modules", "all-linear")} if "lora_r" in hp else None
+        spec["flops"] = mfu.model_shape(workload, spec["model"], lora)
+        spec["flops"]["reference_forward"] = workload == "preference" and hp.get("loss", "dpo") in ("dpo", "ipo") \
+            and not hp.get("precompute_reference", False)
     (work / "spec.json").write_text(json.dumps(spec, indent=2))
     return spec
 
@@ -763,6 +770,7 @@ LLMTUNE = {
     "ner": llmtune_ner,
     "qa": llmtune_qa,
 }
+
 
 
 def pipeline_available(workload: str) -> str | None:
