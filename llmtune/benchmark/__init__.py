@@ -16,5 +16,5 @@ defaults differ from good practice there are two variants: `ref_default` (the sc
 
 from __future__ import annotations
 
-WORKLOADS = ("classification", "summarization", "causal_lm", "generation", "metrics", "ner", "qa")
+WORKLOADS = ("classification", "summarization", "causal_lm", "generation", "metrics", "ner", "qa", "preference")
 SCALES = ("tiny", "small", "full")

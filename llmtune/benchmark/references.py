@@ -39,6 +39,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from llmtune.benchmark import preference_workload
+
 IGNORE = -100
 # a reference variant's fp32 twin: `ref_tuned_fp32` is `ref_tuned` without bf16 (the fp32 table of the report)
 FP32 = "_fp32"
@@ -663,3 +665,5 @@ REFERENCES = {
     "ner": ner,
     "qa": qa,
 }
+REFERENCES["preference"] = {"trl_dpo": preference_workload.trl_dpo}
+PEERS["trl_dpo"] = "trl"

@@ -15,6 +15,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from llmtune.benchmark import preference_workload
+
 FIGURES = ("samples_per_second", "tokens_per_second", "wall_seconds", "cpu_seconds", "peak_mem_mb", "peak_cuda_mb",
            "train_runtime", "outside_training_seconds", "model_tflops", "mfu")
 
@@ -50,6 +52,9 @@ LLMTUNE_NAMES = {
     "ner": "dynamic padding, length-grouped batches",
     "qa": "dynamic padding, length-grouped windows",
 }
+TITLES["preference"] = preference_workload.TITLE
+REFERENCE_NAMES[("preference", "trl_dpo")] = preference_workload.REFERENCE_NAME
+LLMTUNE_NAMES["preference"] = preference_workload.LLMTUNE_NAME
 
 
 def llmtune_name(workload: str, results: dict[str, Any]) -> str:

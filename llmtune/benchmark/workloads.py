@@ -18,6 +18,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from llmtune.benchmark import preference_workload
 from llmtune.errors import LlmtuneError
 
 BUNDLED = Path(__file__).resolve().parent.parent / "datasets"
@@ -771,6 +772,12 @@ LLMTUNE = {
     "qa": llmtune_qa,
 }
 
+# workloads written in their own module
+SETTINGS["preference"] = preference_workload.SETTINGS
+QUALITY["preference"] = preference_workload.QUALITY
+VARIANTS["preference"] = preference_workload.VARIANTS
+LLMTUNE["preference"] = preference_workload.llmtune_side
+PREPARE["preference"] = preference_workload.prepare
 
 
 def pipeline_available(workload: str) -> str | None:
