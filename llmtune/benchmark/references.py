@@ -667,3 +667,8 @@ REFERENCES = {
 }
 REFERENCES["preference"] = {"trl_dpo": preference_workload.trl_dpo}
 PEERS["trl_dpo"] = "trl"
+
+from llmtune.benchmark import encoder_workloads  # noqa: E402  (the encoder workloads register here)
+
+REFERENCES.update(encoder_workloads.REFERENCES)  # embedding (st_fit), masked_lm (run_mlm.py)
+PEERS.update(encoder_workloads.PEERS)

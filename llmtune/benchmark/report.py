@@ -56,6 +56,12 @@ TITLES["preference"] = preference_workload.TITLE
 REFERENCE_NAMES[("preference", "trl_dpo")] = preference_workload.REFERENCE_NAME
 LLMTUNE_NAMES["preference"] = preference_workload.LLMTUNE_NAME
 
+from llmtune.benchmark import encoder_workloads  # noqa: E402  (the encoder workloads register here)
+
+TITLES.update(encoder_workloads.TITLES)
+REFERENCE_NAMES.update(encoder_workloads.REFERENCE_NAMES)
+LLMTUNE_NAMES.update(encoder_workloads.LLMTUNE_NAMES)
+
 
 def llmtune_name(workload: str, results: dict[str, Any]) -> str:
     """What llmtune did, with the precision its runs chose where it was not fp32 (the references' is the same)."""

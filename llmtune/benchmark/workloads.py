@@ -806,3 +806,16 @@ def score_rouge_l(preds: list[str], refs: list[list[str]]) -> float:
     from llmtune import metrics
 
     return metrics.rouge(preds, refs)["rougeL"] if preds else math.nan
+
+
+# ---- workloads written in modules of their own -----------------------------------------------------------
+
+from llmtune.benchmark import encoder_workloads as _encoders  # noqa: E402  (it imports this module lazily)
+
+for _name in _encoders.NAMES:
+    SETTINGS[_name] = _encoders.SETTINGS[_name]
+    QUALITY[_name] = _encoders.QUALITY[_name]
+    VARIANTS[_name] = _encoders.VARIANTS[_name]
+    LLMTUNE[_name] = _encoders.LLMTUNE[_name]
+    PREPARE[_name] = _encoders.PREPARE[_name]
+AUTOCAST = (*AUTOCAST, *_encoders.NAMES)  # recipes/embedding.yaml and mlm.yaml train with mixed_precision auto
