@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from llmtune.data import Split, as_text, require_column
 from llmtune.errors import LlmtuneError
+from llmtune.losses import token_cross_entropy
 from llmtune.schema import DataArgs, EvalArgs
 from llmtune.tasks import EvalContext, LoadedRun
 
@@ -327,7 +328,6 @@ def collator(recipe: Recipe, tokenizer: Any, model: Any) -> Collator:
 
 def eval_step(model: Any, batch: dict[str, Any]) -> dict[str, Any]:
     import torch
-    import torch.nn.functional as F
 
     labels = batch.pop("labels", None)
     if labels is None:
@@ -340,7 +340,7 @@ def eval_step(model: Any, batch: dict[str, Any]) -> dict[str, Any]:
         logits = model(**{k: v[r:r + step] for k, v in batch.items()}).logits.float()
         target = labels[r:r + step]
         keep = target != IGNORE
-        ce = F.cross_entropy(logits.transpose(1, 2), target.clamp(min=0), reduction="none")
+        ce = token_cross_entropy(logits, target.clamp(min=0))
         top = logits.argmax(-1)
         sums.append((ce * keep).to(torch.float64).sum(-1))
         counts.append(keep.sum(-1))

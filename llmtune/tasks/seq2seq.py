@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from llmtune.data import Split, as_text, references_of, require_column
 from llmtune.errors import LlmtuneError
+from llmtune.losses import token_cross_entropy
 from llmtune.schema import DataArgs, TrainArgs
 from llmtune.tasks import EvalContext, LoadedRun, PromptSpec
 
@@ -428,9 +429,7 @@ def _label_nll(logits: Any, labels: Any) -> Any:
     """
     import torch
 
-    return torch.cat([torch.nn.functional.cross_entropy(logits[s:s + LOSS_ROWS].float().transpose(1, 2),
-                                                        labels[s:s + LOSS_ROWS], ignore_index=-100,
-                                                        reduction="none").sum(1)
+    return torch.cat([token_cross_entropy(logits[s:s + LOSS_ROWS].float(), labels[s:s + LOSS_ROWS]).sum(1)
                       for s in range(0, labels.shape[0], LOSS_ROWS)])
 
 

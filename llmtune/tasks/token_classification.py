@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from llmtune.data import Split, require_column
 from llmtune.errors import LlmtuneError
+from llmtune.losses import token_cross_entropy
 from llmtune.schema import DataArgs, EvalArgs
 from llmtune.tasks import EvalContext, LoadedRun
 
@@ -359,8 +360,6 @@ def collator(recipe: Recipe, tokenizer: Any, model: Any) -> Any:
 
 
 def eval_step(model: Any, batch: dict[str, Any]) -> dict[str, Any]:
-    import torch
-
     word_index = batch.pop("word_index", None)
     labels = batch.pop("labels", None)
     logits = model(**batch).logits.float()
@@ -369,7 +368,7 @@ def eval_step(model: Any, batch: dict[str, Any]) -> dict[str, Any]:
     if word_index is not None:
         out["word_index"] = word_index
     if labels is not None:
-        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
+        nll = token_cross_entropy(logits, labels)
         out["loss_sum"] = nll.sum(1)
         out["loss_count"] = (labels != -100).sum(1)
     return out
