@@ -153,10 +153,23 @@ def test_packed_loss_equals_unpacked(tiny_llama: Path, tmp_path: Path) -> None:
         loss.backward()
         return float(loss), [p.grad.clone() for p in model.parameters() if p.requires_grad]
 
+    def hook_loss_and_grads(batch: dict[str, Any]) -> tuple[float, list[Any]]:
+        model.zero_grad()
+        loss = clm.loss(model, dict(batch))  # the task's loss hook, as the training loop calls it
+        loss.backward()
+        return float(loss), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+    # the learnt tokens alone go through the output layer: one per learnt label, fewer than rows x kept positions
+    assert packed["target_index"].shape[0] == n_learnt == int((packed["target"] != -100).sum())
+    assert n_learnt < packed["input_ids"].shape[0] * packed["logits_to_keep"].shape[0]
+    lh, gh = hook_loss_and_grads(packed)
+    for k in ("target_index", "target"):
+        packed.pop(k)
     lp, gp = loss_and_grads(packed)
     lu, gu = loss_and_grads(padded)
-    assert abs(lp - lu) < 1e-4
+    assert abs(lp - lu) < 1e-4 and abs(lh - lu) < 1e-4
     assert max(float((a - b).abs().max()) for a, b in zip(gp, gu, strict=True)) < 1e-4
+    assert max(float((a - b).abs().max()) for a, b in zip(gh, gu, strict=True)) < 1e-4
     # the same row with logits at every position: the same loss and gradients
     full = {k: v for k, v in packed.items() if k not in ("logits_to_keep", "shift_labels")}
     lf, gf = loss_and_grads(full)

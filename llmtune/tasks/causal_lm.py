@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from llmtune.data import Split, as_text, check_text_column, require_column
 from llmtune.errors import LlmtuneError
+from llmtune.losses import token_cross_entropy
 from llmtune.schema import DataArgs
 from llmtune.tasks import EvalContext, LoadedRun, PromptSpec
 
@@ -478,10 +479,17 @@ class CausalCollator:
                  "n_examples": torch.tensor([len(r) for r in rows])}
         if self.keep_logits:
             # position p predicts token p + 1: keep p where that token counts in some row, labels already shifted
-            keep = torch.nonzero((batch["labels"][:, 1:] != IGNORE).any(0)).squeeze(1)
+            learnt = batch["labels"][:, 1:] != IGNORE
+            keep = torch.nonzero(learnt.any(0)).squeeze(1)
             if len(keep):
                 batch["logits_to_keep"] = keep
                 batch["shift_labels"] = batch["labels"][:, 1:][:, keep]
+                # and, for the loss hook, exactly the (row, position) pairs whose next token is learnt, flattened
+                # over rows x width: the output layer then runs on the learnt tokens alone, not on every row at
+                # the union of the rows' learnt positions (on long prompts with short answers, most of them)
+                rows_, pos = torch.nonzero(learnt, as_tuple=True)
+                batch["target_index"] = rows_ * width + pos
+                batch["target"] = batch["labels"][:, 1:][learnt]
         return batch
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
@@ -501,6 +509,42 @@ class CausalCollator:
         if has_idx:
             batch["idx"] = torch.tensor([f["idx"] for f in features])
         return batch
+
+
+def _plain_head(model: Any) -> tuple[Any, Any] | None:
+    """(decoder, output layer) of a causal LM whose logits are the output layer applied to the decoder's last
+    hidden state and nothing else (Llama, Mistral, Qwen, SmolLM, GPT-2...), else None: soft-capped or scaled
+    logits (Gemma 2, Cohere, Granite) keep the model's own forward."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(base, "config", None)
+    if config is None or any(getattr(config, k, None) not in (None, 1, 1.0) for k in
+                             ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")):
+        return None
+    decoder = getattr(base, getattr(base, "base_model_prefix", "") or "", None)
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    import torch
+
+    if decoder is None or decoder is base or not isinstance(head, torch.nn.Linear):
+        return None
+    return decoder, head
+
+
+def loss(model: Any, batch: dict[str, Any]) -> Any:
+    """The training loss. A packed batch that marks its learnt tokens (target_index, target) runs the decoder,
+    then the output layer and the cross-entropy on those tokens alone: the same mean token loss as the model's
+    own forward with logits_to_keep (tests/test_causal_lm.py checks loss and gradients), without logits for the
+    prompt positions that only share a column with another row's answer."""
+    import torch.nn.functional as F
+
+    index, target = batch.pop("target_index", None), batch.pop("target", None)
+    parts = _plain_head(model) if index is not None else None
+    if parts is None:
+        return model(**batch).loss
+    decoder, head = parts
+    kwargs = {k: batch[k] for k in ("input_ids", "position_ids", "attention_mask") if k in batch}
+    hidden = decoder(**kwargs, use_cache=False).last_hidden_state
+    logits = head(hidden.reshape(-1, hidden.shape[-1])[index])
+    return F.cross_entropy(logits.float(), target)
 
 
 def _keeps_logits(model: Any) -> bool:
@@ -530,7 +574,6 @@ def example_losses(model: Any, batch: dict[str, Any], labels: Any) -> tuple[Any,
     Forwards a few rows at a time so the logits (rows x length x vocab) stay within EVAL_LOGITS_BUDGET.
     """
     import torch
-    import torch.nn.functional as F
 
     rows, width = labels.shape
     vocab = int(getattr(getattr(model, "config", None), "vocab_size", 0) or 50_000)
@@ -540,7 +583,7 @@ def example_losses(model: Any, batch: dict[str, Any], labels: Any) -> tuple[Any,
         part = {k: v[r:r + step] for k, v in batch.items()}
         logits = model(**part).logits[:, :-1].float()
         target = labels[r:r + step, 1:]
-        ce = F.cross_entropy(logits.transpose(1, 2), target.clamp(min=0), reduction="none")
+        ce = token_cross_entropy(logits, target.clamp(min=0))
         mask = target != IGNORE
         sums.append((ce * mask).to(torch.float64).sum(-1))
         counts.append(mask.sum(-1))
