@@ -16,6 +16,6 @@ defaults differ from good practice there are two variants: `ref_default` (the sc
 
 from __future__ import annotations
 
-WORKLOADS = ("classification", "summarization", "causal_lm", "generation", "metrics", "ner", "qa", "preference")
+WORKLOADS = ("classification", "summarization", "causal_lm", "causal_lm_long", "generation", "metrics", "ner", "qa", "preference")
 WORKLOADS = (*WORKLOADS, "embedding", "masked_lm")  # encoder_workloads.py
 SCALES = ("tiny", "small", "full")

@@ -33,7 +33,7 @@ CLASSES = {
     "ner": "AutoModelForTokenClassification",
     "qa": "AutoModelForQuestionAnswering",
     "causal_lm": "AutoModelForCausalLM",
-    "long_causal_lm": "AutoModelForCausalLM",
+    "causal_lm_long": "AutoModelForCausalLM",
     "preference": "AutoModelForCausalLM",
     "masked_lm": "AutoModelForMaskedLM",
     "embedding": "AutoModel",

@@ -660,6 +660,7 @@ REFERENCES = {
     "classification": classification,
     "summarization": summarization,
     "causal_lm": {"ref_default": causal_lm, "ref_tuned": causal_lm, "trl_sft": causal_lm_trl},
+    "causal_lm_long": {"ref_default": causal_lm, "ref_tuned": causal_lm, "trl_sft": causal_lm_trl},
     "generation": generation,
     "metrics": metrics,
     "ner": ner,

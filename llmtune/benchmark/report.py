@@ -24,6 +24,7 @@ TITLES = {
     "classification": "classification (SST-2)",
     "summarization": "summarization (SciTLDR)",
     "causal_lm": "causal LM + LoRA (GSM8K)",
+    "causal_lm_long": "causal LM + LoRA, long examples (SciTLDR)",
     "generation": "generation-based eval (SciTLDR)",
     "metrics": "metric scoring (ROUGE + BLEU)",
     "ner": "token classification (WNUT-17)",
@@ -37,6 +38,9 @@ REFERENCE_NAMES = {
     ("causal_lm", "ref_default"): "Trainer + PEFT, padded to max length",
     ("causal_lm", "ref_tuned"): "Trainer + PEFT, dynamic padding, group_by_length",
     ("causal_lm", "trl_sft"): "TRL SFTTrainer, padding_free, completion_only_loss, PEFT",
+    ("causal_lm_long", "llmtune_padded"): "llmtune padded (data.packing=false)",
+    ("causal_lm_long", "ref_tuned"): "Trainer + PEFT, dynamic padding, group_by_length",
+    ("causal_lm_long", "trl_sft"): "TRL SFTTrainer, padding_free, completion_only_loss, PEFT",
     ("generation", "ref_default"): "Seq2SeqTrainer.predict, predict_with_generate",
     ("generation", "ref_tuned"): "predict_with_generate, rows sorted, no labels",
     ("metrics", "ref_default"): "rouge_score loop + sacrebleu.corpus_bleu",
@@ -47,6 +51,7 @@ LLMTUNE_NAMES = {
     "classification": "dynamic padding, length-grouped batches",
     "summarization": "dynamic padding, length-grouped batches",
     "causal_lm": "packing (padding-free rows)",
+    "causal_lm_long": "packing (padding-free rows)",
     "generation": "batched, length-sorted generation",
     "metrics": "cached stems, process pool",
     "ner": "dynamic padding, length-grouped batches",
@@ -298,7 +303,7 @@ def fp32_table(results: dict[str, Any]) -> list[str]:
     rows = []
     for name, s in summary.items():
         for ref, c in s.get("fp32", {}).items():
-            figure = "tokens_per_second" if name == "causal_lm" else "samples_per_second"
+            figure = "tokens_per_second" if name.startswith("causal_lm") else "samples_per_second"
             r, q = c["ratios"], c["quality"]
             digits = 3 if q["metric"] in ("eval_accuracy", "eval_loss") else 2
             if ref == "llmtune":
@@ -365,7 +370,7 @@ def charts(out: Path, results: dict[str, Any]) -> None:
             c = summary[name]["vs"].get(ref)
             if c is None:
                 continue
-            figure = "tokens_per_second" if name == "causal_lm" else "samples_per_second"
+            figure = "tokens_per_second" if name.startswith("causal_lm") else "samples_per_second"
             xs.append(i + (k - 0.5) * width)
             ys.append(c["ratios"].get(figure) or 0.0)
         bars = ax.bar(xs, ys, width, label=f"vs {ref}")

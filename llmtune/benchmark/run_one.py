@@ -64,6 +64,8 @@ def run(spec: dict[str, Any], side: str, seed: int, work: Path) -> dict[str, Any
     t0 = time.perf_counter()
     if side == "llmtune_fp32":  # llmtune as in its recipes, but with train.mixed_precision=no
         spec, side = {**spec, "mixed_precision": "no"}, "llmtune"
+    if side == "llmtune_padded":  # llmtune with data.packing=false: padded batches (a causal_lm variant)
+        spec, side = {**spec, "packing": False}, "llmtune"
     ref = REFERENCES.get(workload)
     if isinstance(ref, dict) and side != "llmtune":  # several reference implementations: one per variant
         ref = ref[base_variant(side)]

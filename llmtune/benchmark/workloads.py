@@ -34,7 +34,9 @@ T5_TINY = {"d_model": 32, "d_kv": 16, "d_ff": 64, "num_layers": 2, "num_heads": 
 SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     "classification": {
         "tiny": {"model": "tiny-bert", "batch_size": 8, "max_steps": 4, "eval_rows": 32, "learning_rate": 1e-3},
-        "small": {"model": "minilm-l6", "batch_size": 32, "max_steps": 30, "eval_rows": None, "learning_rate": 1e-4},
+        # at least 200 optimizer steps at the default scale (and 60 for LoRA below): enough steady-state training
+        # that start-up, the first slow steps and the noise of a shared machine do not decide the ratio
+        "small": {"model": "minilm-l6", "batch_size": 32, "max_steps": 200, "eval_rows": None, "learning_rate": 5e-5},
         "full": {"model": "minilm-l6", "batch_size": 32, "max_steps": None, "eval_rows": None, "learning_rate": 5e-5},
     },
     "summarization": {
@@ -48,10 +50,20 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     "causal_lm": {
         "tiny": {"model": "tiny-llama", "batch_size": 4, "max_steps": 3, "eval_rows": 8, "learning_rate": 1e-3,
                  "max_seq_length": 128},
-        "small": {"model": "smollm2-135m", "batch_size": 4, "max_steps": 5, "eval_rows": 16, "learning_rate": 5e-4,
+        "small": {"model": "smollm2-135m", "batch_size": 4, "max_steps": 60, "eval_rows": 64, "learning_rate": 2e-4,
                   "max_seq_length": 384},
         "full": {"model": "smollm2-135m", "batch_size": 8, "max_steps": None, "eval_rows": None,
                  "learning_rate": 5e-4, "max_seq_length": 512},
+    },
+    # long examples (SciTLDR abstracts of 200+ tokens as summarisation instructions: 250-400 tokens an example,
+    # as DialogSum's dialogues), batch 8: where packing rows must beat padding, and memory shows
+    "causal_lm_long": {
+        "tiny": {"model": "tiny-llama", "batch_size": 4, "max_steps": 2, "eval_rows": 8, "learning_rate": 1e-3,
+                 "max_seq_length": 512},
+        "small": {"model": "smollm2-135m", "batch_size": 8, "max_steps": 4, "eval_rows": 16, "learning_rate": 5e-4,
+                  "max_seq_length": 512},
+        "full": {"model": "smollm2-135m", "batch_size": 8, "max_steps": 60, "eval_rows": 200, "learning_rate": 5e-4,
+                 "max_seq_length": 512},
     },
     "generation": {
         # the model: a T5 built from a config and trained by llmtune for `prepare_steps` (not measured), so that
@@ -95,6 +107,7 @@ QUALITY = {
     "classification": ("eval_accuracy", True, 0.01, 0.0),
     "summarization": ("eval_rougeL", True, 0.5, 0.0),
     "causal_lm": ("eval_loss", False, 0.0, 0.02),
+    "causal_lm_long": ("eval_loss", False, 0.0, 0.02),
     "generation": ("rougeL", True, 0.5, 0.0),
     "metrics": ("bleu", True, 1e-9, 0.0),
     "ner": ("eval_f1", True, 0.02, 0.0),  # seqeval entity F1 in [0, 1]
@@ -110,6 +123,8 @@ VARIANTS = {
     "classification": ("ref_default", "ref_tuned"),
     "summarization": ("ref_default", "ref_tuned"),
     "causal_lm": ("ref_default", "ref_tuned", "trl_sft"),
+    # llmtune_padded: llmtune itself with data.packing=false (packing must not cost more than padding)
+    "causal_lm_long": ("llmtune_padded", "ref_tuned", "trl_sft"),
     "generation": ("ref_default", "ref_tuned"),
     "metrics": ("ref_default",),
     # run_ner.py pads per batch by default; run_qa.py pads to max_seq_length by default, which a careful user
@@ -122,12 +137,13 @@ VARIANTS = {
 # fp32, and so does the summarization workload): on hardware with native bf16 these workloads also run a
 # `llmtune_fp32` side (llmtune with mixed_precision no), so the report can show how much of the gain is bf16
 FP32_SIDE = "llmtune_fp32"
-AUTOCAST = ("classification", "causal_lm", "ner", "qa")
+AUTOCAST = ("classification", "causal_lm", "causal_lm_long", "ner", "qa")
 
 # the issue's targets: (reference variant, figure, minimum llmtune/reference ratio)
 TARGETS = {
     "classification": [("ref_default", "samples_per_second", 2.0), ("ref_tuned", "samples_per_second", 1.2)],
     "causal_lm": [("ref_default", "tokens_per_second", 1.5)],
+    "causal_lm_long": [("llmtune_padded", "tokens_per_second", 1.0), ("trl_sft", "tokens_per_second", 2.0)],
     "generation": [("ref_default", "samples_per_second", 1.5)],
     "metrics": [("ref_default", "samples_per_second", 1.5)],
 }
@@ -429,6 +445,22 @@ def build_causal(kind: str, folder: Path) -> str:
 # ---- prepare: data files and model folders, once per benchmark ---------------------------------------------
 
 
+def long_instructions(source: tuple[dict[str, list[dict[str, Any]]], str], min_tokens: int = 200,
+                      ) -> tuple[dict[str, list[dict[str, Any]]], str]:
+    """SciTLDR rows as summarisation instructions ({question, answer}), the abstracts of at least `min_tokens`
+    SmolLM2 tokens only: with the chat template and the TLDR, 250-400 tokens an example."""
+    from llmtune.models import load_tokenizer
+    from llmtune.recipe import ModelArgs
+
+    data, origin = source
+    tok = load_tokenizer(ModelArgs(name="smollm2-135m"))
+    out = {}
+    for split, rows in data.items():
+        out[split] = [{"question": f"Summarize this abstract in one sentence.\n\n{r['source']}", "answer": r["target"]}
+                      for r in rows if len(tok(r["source"], add_special_tokens=False)["input_ids"]) >= min_tokens]
+    return out, f"{origin}, abstracts of {min_tokens}+ tokens as summarisation instructions"
+
+
 def _steps_and_rows(s: dict[str, Any], n_train: int) -> tuple[int, int]:
     steps = s["max_steps"] if s["max_steps"] is not None else max(1, n_train // s["batch_size"])
     return steps, min(n_train, steps * s["batch_size"])
@@ -476,8 +508,11 @@ def prepare(workload: str, scale: str, data_dir: Path | None, work: Path, thread
             spec["model_name"] += f", trained {s['prepare_steps']} steps"
             spec["hp"] = {"batch_size": s["batch_size"], "max_source_length": s["max_source_length"],
                           "max_new_tokens": s["max_new_tokens"], "source_prefix": "summarize: "}
-    elif workload == "causal_lm":
-        data, origin = load_source("gsm8k", data_dir)
+    elif workload in ("causal_lm", "causal_lm_long"):
+        if workload == "causal_lm":
+            data, origin = load_source("gsm8k", data_dir)
+        else:
+            data, origin = long_instructions(load_source("scitldr", data_dir))
         steps, n = _steps_and_rows(s, len(data["train"]))
         evals = data["eval"][: s["eval_rows"]] if s["eval_rows"] else data["eval"]
         spec["model"] = build_causal(s["model"], work / "model")
@@ -665,7 +700,8 @@ def llmtune_causal_lm(spec: dict[str, Any], seed: int, out: Path) -> dict[str, A
     recipe = build_recipe({
         "task": "causal_lm", "model": {"name": spec["model"]},
         "data": {"train_file": spec["data"]["train"], "eval_file": spec["data"]["eval"], "format": "instruction",
-                 "prompt_column": "question", "input_column": None, "completion_column": "answer", "packing": True},
+                 "prompt_column": "question", "input_column": None, "completion_column": "answer",
+                 "packing": spec.get("packing", True)},
         "lora": {"enabled": True, "r": hp["lora_r"], "alpha": hp["lora_alpha"], "dropout": hp["lora_dropout"],
                  "target_modules": "all-linear"},
         "train": {**_train_section(spec, seed, out), "max_seq_length": hp["max_seq_length"]},
@@ -766,6 +802,7 @@ LLMTUNE = {
     "classification": llmtune_classification,
     "summarization": llmtune_summarization,
     "causal_lm": llmtune_causal_lm,
+    "causal_lm_long": llmtune_causal_lm,
     "generation": llmtune_generation,
     "metrics": llmtune_metrics,
     "ner": llmtune_ner,
@@ -785,7 +822,8 @@ def pipeline_available(workload: str) -> str | None:
     import importlib
 
     module = {"summarization": "llmtune.tasks.seq2seq", "generation": "llmtune.tasks.seq2seq",
-              "causal_lm": "llmtune.tasks.causal_lm", "ner": "llmtune.tasks.token_classification",
+              "causal_lm": "llmtune.tasks.causal_lm", "causal_lm_long": "llmtune.tasks.causal_lm",
+              "ner": "llmtune.tasks.token_classification",
               "qa": "llmtune.tasks.question_answering"}.get(workload)
     if module is None:
         return None
@@ -793,7 +831,7 @@ def pipeline_available(workload: str) -> str | None:
         importlib.import_module(module)
     except Exception as e:  # a missing or broken pipeline module
         return f"not available: pipeline missing ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})"
-    if workload == "causal_lm":
+    if workload in ("causal_lm", "causal_lm_long"):
         try:
             importlib.import_module("llmtune.lora")
         except Exception as e:
