@@ -362,23 +362,32 @@ def charts(out: Path, results: dict[str, Any]) -> None:
 
     summary = results["summary"]
     ok = [n for n, s in summary.items() if s.get("status") == "ok"]
-    fig, ax = plt.subplots(figsize=(max(5, 1.9 * len(ok) + 1), 3.8), dpi=110)
-    width = 0.38
-    for k, ref in enumerate(("ref_default", "ref_tuned")):
+    # one bar per reference that ran, in the order of first appearance (ref_default, ref_tuned, then the peers)
+    refs: list[str] = []
+    for name in ok:
+        refs += [r for r in summary[name]["vs"] if r not in refs]
+    fig, ax = plt.subplots(figsize=(max(5, 0.8 * len(refs) * len(ok) + 1.5), 3.8), dpi=110)
+    width = 0.8 / max(1, len(refs))
+
+    def x_of(i: int, ref: str) -> float:
+        return i + (refs.index(ref) - (len(refs) - 1) / 2) * width
+
+    for ref in refs:
         xs, ys = [], []
         for i, name in enumerate(ok):
             c = summary[name]["vs"].get(ref)
             if c is None:
                 continue
             figure = "tokens_per_second" if name.startswith("causal_lm") else "samples_per_second"
-            xs.append(i + (k - 0.5) * width)
+            xs.append(x_of(i, ref))
             ys.append(c["ratios"].get(figure) or 0.0)
         bars = ax.bar(xs, ys, width, label=f"vs {ref}")
-        ax.bar_label(bars, labels=[f"{y:.2f}×" for y in ys], fontsize=8)
+        ax.bar_label(bars, labels=[f"{y:.2f}×" for y in ys], fontsize=7)
     for i, name in enumerate(ok):
         for ref, _, minimum in TARGETS.get(name, []):
-            x = i + ((0 if ref == "ref_default" else 1) - 0.5) * width
-            ax.plot([x - width / 2, x + width / 2], [minimum, minimum], color="black", lw=1.2, ls="--")
+            if ref in refs and ref in summary[name]["vs"]:
+                x = x_of(i, ref)
+                ax.plot([x - width / 2, x + width / 2], [minimum, minimum], color="black", lw=1.2, ls="--")
     ax.axhline(1.0, color="grey", lw=0.8)
     ax.set_xticks(range(len(ok)), [n.replace("_", " ") for n in ok])
     ax.set_ylabel("llmtune / reference throughput")
