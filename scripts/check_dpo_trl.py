@@ -91,11 +91,12 @@ def held_out(run: Path) -> tuple[Any, Any, Any, list[dict[str, str]]]:
     info = pref.setup(recipe, splits, tok)
     if info.format != "text":
         raise SystemExit(f"the rows are rendered as {info.format}; this check compares TRL's plain-text form")
+    tokenized = pref.tokenize(recipe, tok, split, info)
     rows = []
-    for i, row in enumerate(split.dataset):
-        prompt, chosen, rejected = pref.row_parts(recipe, row, f"eval row {i + 1}")
+    for i in tokenized["row"]:  # the pairs llmtune keeps (a prompt that fills max_seq_length drops a pair, as in TRL)
+        prompt, chosen, rejected = pref.row_parts(recipe, split.dataset[i], f"eval row {i + 1}")
         rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
-    return recipe, tok, pref.tokenize(recipe, tok, split, info), rows
+    return recipe, tok, tokenized, rows
 
 
 def trl_eval(recipe: Any, tok: Any, run: Path, rows: list[dict[str, str]]) -> tuple[dict[str, float], Any]:
@@ -120,6 +121,14 @@ def trl_eval(recipe: Any, tok: Any, run: Path, rows: list[dict[str, str]]) -> tu
         trainer = DPOTrainer(model=policy, ref_model=reference, args=args, processing_class=tok, train_dataset=ds,
                              eval_dataset=ds)
         return trainer.evaluate(), trainer.eval_dataset
+
+
+def same_ids(mine: dict[str, Any], theirs: dict[str, Any], max_length: int) -> bool:
+    """llmtune's tokenized pair (cut at tokenization) = TRL's (cut by its collator: keep_start at max_length)."""
+    p = mine["prompt_length"]
+    return (mine["input_ids"][:p] == theirs["prompt_ids"][:p] and len(theirs["prompt_ids"]) == p
+            and mine["input_ids"] == (theirs["prompt_ids"] + theirs["chosen_ids"])[:max_length]
+            and mine["rejected_input_ids"] == (theirs["prompt_ids"] + theirs["rejected_ids"])[:max_length])
 
 
 def main() -> int:
@@ -156,9 +165,8 @@ def main() -> int:
 
     recipe, tok, mine, rows = held_out(a.out)
     theirs, tokenized = trl_eval(recipe, tok, a.out, rows)
-    same = len(mine) == len(tokenized) and all(
-        m["input_ids"][:m["prompt_length"]] == t["prompt_ids"] and m["input_ids"][m["prompt_length"]:] == t["chosen_ids"]
-        and m["rejected_input_ids"][m["prompt_length"]:] == t["rejected_ids"] for m, t in zip(mine, tokenized, strict=False))
+    same = len(mine) == len(tokenized) and all(same_ids(m, t, recipe.train.max_seq_length)
+                                               for m, t in zip(mine, tokenized, strict=True))
     truncated = sum(len(t["prompt_ids"]) + max(len(t["chosen_ids"]), len(t["rejected_ids"])) > recipe.train.max_seq_length
                     for t in tokenized)
 
