@@ -13,6 +13,7 @@ import pytest
 import yaml
 from conftest import write_jsonl
 
+from llmtune.errors import LlmtuneError
 from llmtune.tasks import preference as pref
 
 PAIRS = [{"prompt": "Name three fruits.", "chosen": "apples, pears and plums.", "rejected": "saws, drills and axes."},
@@ -165,6 +166,35 @@ def test_hh_transcripts_split_at_the_last_assistant_turn() -> None:
     assert pref.truncate([1] * 10, [2] * 8, [3] * 3, 12, 4) == ([1] * 4, [2] * 8, [3] * 3, "prompt")
     assert pref.truncate([1] * 10, [2] * 8, [3] * 3, 12, None) == ([1] * 10, [2] * 2, [3] * 2, "response")
     assert pref.truncate([1] * 12, [2], [3], 12, None)[3] == "dropped"
+
+
+def test_hh_pairs_with_a_blank_response_are_skipped_with_a_count(tiny_llama: Path, tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """HH-RLHF has dialogues that end on an empty "Assistant:" turn (rows 233, 693 and 1521 of the shared train
+    file): in the transcript form such a pair is skipped and counted, not a refusal of the whole file (with a
+    prompt column, a blank response stays an error: tests/bad_inputs/pref_empty_chosen)."""
+    from datasets import Dataset
+
+    from llmtune.data import Split
+    from llmtune.models import load_tokenizer
+    from llmtune.recipe import build_recipe
+
+    p = "\n\nHuman: Name a fruit.\n\nAssistant:"
+    rows = [{"chosen": p + " An apple.", "rejected": p + " A chair."},
+            {"chosen": p + " A pear.", "rejected": p},  # the rejected turn is empty after the shared prompt
+            {"chosen": p + " A plum.", "rejected": p + " Blue."}]
+    recipe = build_recipe(recipe_dict(tiny_llama, tmp_path / "out", data__format="text"))
+    split = Split("train", Dataset.from_list(rows), "hh.jsonl")
+    pref.validate(recipe, split)  # no refusal
+    tok = load_tokenizer(recipe.model)
+    info = pref.setup(recipe, {"train": split}, tok)
+    with caplog.at_level("WARNING", logger="llmtune"):
+        ds = pref.tokenize(recipe, tok, split, info)
+    assert ds["row"] == [0, 2]
+    assert "hh.jsonl: 1 of 3 pairs have an empty chosen or rejected response after the shared prompt (row 2)" \
+        in caplog.text
+    with pytest.raises(LlmtuneError, match="every pair has an empty"):
+        pref.validate(recipe, Split("train", Dataset.from_list(rows[1:2]), "hh.jsonl"))
 
 
 def test_finetune_eval_generate_through_the_cli(tiny_llama: Path, tmp_path: Path, cli) -> None:

@@ -183,6 +183,12 @@ def _empty(value: Any) -> bool:
     return True
 
 
+class BlankResponse(LlmtuneError):
+    """A transcript pair (no prompt column) whose chosen or rejected turn is empty after the shared prompt: HH-RLHF
+    has a few (a dialogue that ends on an empty "Assistant:"). Such pairs are skipped with a warning that counts
+    them; TRL trains on them as a lone end-of-turn token, which teaches nothing about the preference."""
+
+
 def row_parts(recipe: Recipe, row: dict[str, Any], where: str) -> tuple[Any, Any, Any]:
     """(prompt, chosen, rejected) of one raw row, each text or a list of turns; LlmtuneError naming the row."""
     d = recipe.data
@@ -211,19 +217,35 @@ def row_parts(recipe: Recipe, row: dict[str, Any], where: str) -> tuple[Any, Any
     for key, v in (("chosen", parts[1]), ("rejected", parts[2])):
         if _empty(v):
             col = d.chosen_column if key == "chosen" else d.rejected_column
-            raise LlmtuneError(f"{where}: the {key} response (column '{col}') is empty" +
-                               ("" if d.prompt_column in row else " after the shared prompt"))
+            if d.prompt_column not in row:
+                raise BlankResponse(f"{where}: the {key} response (column '{col}') is empty after the shared prompt")
+            raise LlmtuneError(f"{where}: the {key} response (column '{col}') is empty")
     return parts
+
+
+def _warn_blank(origin: str, rows: list[int], total: int) -> None:
+    if rows:
+        shown = ", ".join(str(r + 1) for r in rows[:5]) + (", ..." if len(rows) > 5 else "")
+        logger.warning("%s: %d of %d pairs have an empty chosen or rejected response after the shared prompt (row%s "
+                       "%s) and are skipped", origin, len(rows), total, "s" if len(rows) > 1 else "", shown)
 
 
 def validate(recipe: Recipe, split: Split) -> None:
     d = recipe.data
     require_column(split, d.chosen_column, "data.chosen_column")
     require_column(split, d.rejected_column, "data.rejected_column")
+    blank = []
     for i, row in enumerate(split.dataset):
-        parts = row_parts(recipe, row, f"{split.origin}: row {i + 1}")
+        try:
+            parts = row_parts(recipe, row, f"{split.origin}: row {i + 1}")
+        except BlankResponse:
+            blank.append(i)
+            continue
         if d.format == "text" and any(not isinstance(p, str) for p in parts):
             raise LlmtuneError(f"{split.origin}: row {i + 1}: data.format=text needs text cells, not lists of turns")
+    if len(blank) == len(split.dataset):
+        raise LlmtuneError(f"{split.origin}: every pair has an empty chosen or rejected response after the shared "
+                           "prompt")
 
 
 def _layout(recipe: Recipe, split: Split, tokenizer: Any) -> str:
@@ -325,7 +347,15 @@ def _encode(batch: dict[str, list[Any]], indices: list[int], recipe: Recipe, tok
     t = recipe.train
     for k, i in enumerate(indices):
         row = {c: batch[c][k] for c in batch}
-        prompt, chosen, rejected = row_parts(recipe, row, f"{origin}: row {i + 1}")
+        try:
+            prompt, chosen, rejected = row_parts(recipe, row, f"{origin}: row {i + 1}")
+        except BlankResponse:  # skipped (tokenize warns once, counting them)
+            for key in ("input_ids", "rejected_input_ids"):
+                out[key].append([])
+            out["prompt_length"].append(0)
+            out["row"].append(i)
+            out["truncated"].append("blank")
+            continue
         p, c, r = encode_pair(tokenizer, layout, prompt, chosen, rejected)
         p, c, r, how = truncate(p, c, r, t.max_seq_length, t.max_prompt_length)
         out["input_ids"].append(p + c)
@@ -343,6 +373,11 @@ def tokenize(recipe: Recipe, tokenizer: Any, split: Split, info: Info) -> Any:
                 fn_kwargs={"recipe": recipe, "tokenizer": tokenizer, "layout": layout, "origin": split.origin},
                 desc=f"Tokenizing {split.name}")
     how = ds["truncated"]
+    blank = [r for r, h in zip(ds["row"], how, strict=True) if h == "blank"]
+    _warn_blank(split.origin, blank, len(how))
+    if blank:
+        ds = ds.filter(lambda h: h != "blank", input_columns="truncated", desc="Dropping pairs with a blank response")
+        how = ds["truncated"]
     n_prompt, n_resp, n_drop = how.count("prompt"), how.count("response"), how.count("dropped")
     if n_prompt or n_resp or n_drop:
         t = recipe.train
