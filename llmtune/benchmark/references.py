@@ -327,8 +327,10 @@ def causal_lm_trl(spec: dict[str, Any], variant: str, seed: int, out: Path) -> d
     raw = load_dataset("json", data_files={"train": spec["data"]["train"], "validation": spec["data"]["eval"]})
     train_dataset = raw["train"].map(preprocess, remove_columns=raw["train"].column_names)
     # max_length=None: the rows are already cut at max_seq_length (TRL refuses max_length with padding_free unpacked)
+    # gradient_checkpointing: SFTConfig turns it on by default (llmtune's recipes and the other references do not):
+    # off, so both sides keep their activations and the memory and speed figures compare like for like
     args = training_args(hp, seed, out, tuned=False, bf16=bf16(spec, variant), cls=SFTConfig, padding_free=True,
-                         completion_only_loss=True, max_length=None, packing=False)
+                         completion_only_loss=True, max_length=None, packing=False, gradient_checkpointing=False)
     peft_config = LoraConfig(task_type="CAUSAL_LM", r=hp["lora_r"], lora_alpha=hp["lora_alpha"],
                              lora_dropout=hp["lora_dropout"], target_modules="all-linear", bias="none")
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_dataset, processing_class=tokenizer,
