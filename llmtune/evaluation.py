@@ -132,15 +132,25 @@ def _load_finetuned(model_arg: str, recipe: Recipe, splits: dict[str, data_mod.S
     alias or GGUF file, evaluated as it is (no fresh adapter)."""
     task = tasks.get(recipe.task)
     path = Path(model_arg)
+    plain = not (path / runs.INFO_FILE).is_file() and not (path / "adapter_config.json").is_file()
+    run = None
     if _is_model_folder(path):
-        run = runs.load_run(path)
+        try:
+            run = runs.load_run(path)
+        except LlmtuneError:
+            if not plain:
+                raise
+            # a plain folder no task claims by itself (a bare encoder: AutoModel, no head): the recipe's base
+            # model, below
+    if run is not None:
         if tasks.MODULES[run.task] == tasks.MODULES[recipe.task]:
             info = run.info if run.info is not None else task.setup(recipe, splits, run.tokenizer)
             return run.model, run.tokenizer, info
-        if (path / runs.INFO_FILE).is_file() or (path / "adapter_config.json").is_file():
+        if not plain:
             raise LlmtuneError(f"--model {model_arg}: a {run.task} model, but the recipe's task is {recipe.task}; "
                                "evaluate it with a recipe of its own task")
-        # a plain folder (a bare encoder, which the registry takes for a decoder): the recipe's base model, below
+        # a plain folder with another task's head (a masked-LM folder under a classification recipe): the
+        # recipe's base model, below
     from llmtune.models import load_tokenizer, read_config, resolve
 
     recipe.model.name = model_arg

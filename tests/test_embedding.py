@@ -261,3 +261,27 @@ def test_a_folder_saved_by_sentence_transformers_6_loads_with_its_pooling(tiny_b
     assert encoder.pooling == pooling and not encoder.normalize
     got = emb.encode_texts(encoder, tokenizer, SENTENCES, 32)
     assert torch.allclose(got, torch.tensor(model.encode(SENTENCES)), atol=1e-5)
+
+
+def test_llmtune_predict_on_a_folder_sentence_transformers_saved(tiny_bert: Path, tmp_path: Path) -> None:
+    """`llmtune predict FOLDER` on a model sentence-transformers saved itself (no llmtune_info.json; its modules.json
+    names the transformer, pooling and normalisation): embeddings equal to SentenceTransformer.encode's, truncated at
+    its max_seq_length. Before, the bare BertModel config was taken for a decoder and the folder generated words."""
+    st = pytest.importorskip("sentence_transformers")
+    import torch
+    from sentence_transformers.sentence_transformer import modules
+
+    from llmtune import runs
+
+    folder = tmp_path / "st-saved"
+    model = st.SentenceTransformer(modules=[modules.Transformer(str(tiny_bert), max_seq_length=8),
+                                            modules.Pooling(32, pooling_mode="max"), modules.Normalize()], device="cpu")
+    model.save(str(folder))
+    assert runs.run_task(folder) == ("embedding", {})
+    texts = [*SENTENCES, " ".join(["word"] * 40)]  # the last one is longer than max_seq_length
+    write_jsonl(tmp_path / "in.jsonl", [{"text": t} for t in texts])
+    res = run_cli("predict", folder, "--input", tmp_path / "in.jsonl", "--output", tmp_path / "p.jsonl")
+    assert res.exit_code == 0, res.output
+    got = torch.tensor([json.loads(x)["embedding"] for x in (tmp_path / "p.jsonl").read_text().splitlines()])
+    assert torch.allclose(got, torch.tensor(model.encode(texts)), atol=1e-5)
+    assert torch.allclose(got.norm(dim=-1), torch.ones(len(texts)), atol=1e-5)

@@ -111,3 +111,6 @@ def test_a_plain_folder_is_given_the_task_its_architecture_names() -> None:
     assert tasks.recognize({"architectures": ["BertForSequenceClassification"]}) == "classification"
     assert tasks.recognize({"architectures": ["BertForTokenClassification"]}) == "token_classification"
     assert tasks.recognize({"architectures": ["LlamaForCausalLM"], "model_type": "llama"}) == "causal_lm"
+    assert tasks.recognize({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}) == "causal_lm"
+    # a bare encoder (AutoModel) has no head to generate with: it was taken for a decoder and wrote random words
+    assert tasks.recognize({"architectures": ["BertModel"], "model_type": "bert"}) is None

@@ -76,8 +76,12 @@ RECOGNIZES_THE_REST = True  # tasks.recognize asks this task last
 
 
 def recognizes(config: dict[str, Any]) -> bool:
-    """Any decoder: the registry asks this task last, for folders no other task claims."""
-    return not config.get("is_encoder_decoder")
+    """Any decoder: the registry asks this task last, for folders no other task claims. A bare model without a
+    head (`BertModel`, `LlamaModel`: AutoModel folders) is not one: it cannot generate (it was taken for a decoder
+    and wrote random words)."""
+    archs = config.get("architectures") or []
+    bare = bool(archs) and all(a.endswith("Model") and not a.endswith("LMHeadModel") for a in archs)
+    return not config.get("is_encoder_decoder") and not bare
 
 IGNORE = -100
 ROLES = ("system", "user", "assistant", "tool")

@@ -108,7 +108,10 @@ def recognizes(config: dict[str, Any]) -> bool:
 
 
 def info_from_config(config: dict[str, Any], where: str) -> Info:
-    return Info()
+    """A folder sentence-transformers saved says its pooling in modules.json; a base encoder named by --model gets
+    the recipe's (Info's defaults here)."""
+    folder = Path(where)
+    return st_folder(folder)[1] if (folder / "modules.json").is_file() else Info()
 
 
 def _format(recipe: Recipe, split: Split) -> str:
@@ -475,12 +478,25 @@ def score(ctx: EvalContext, outputs: dict[str, Any]) -> tuple[dict[str, float], 
 # ---- a finished run -----------------------------------------------------------------------------------------
 
 
-def load_trained(path: Path, recipe: Recipe | None, info: Info | None) -> tuple[Any, Any]:
-    from transformers import AutoModel, AutoTokenizer
-
-    pooling, normalize = (info.pooling, info.normalize) if info is not None else ("mean", True)
-    cfg = path / "1_Pooling" / "config.json"
-    if info is None and cfg.is_file():
+def st_folder(path: Path) -> tuple[Path, Info, int | None]:
+    """(transformer folder, pooling and normalisation, max_seq_length or None) of a folder sentence-transformers
+    saved (modules.json naming a Transformer, a Pooling and perhaps a Normalize module; llmtune's embedding runs
+    are such folders), or of a plain encoder folder (mean pooling, not normalised)."""
+    modules_file = path / "modules.json"
+    if not modules_file.is_file():
+        return path, Info(pooling="mean", normalize=False), None
+    try:
+        modules = json.loads(modules_file.read_text())
+        paths = {str(m["type"]).rsplit(".", 1)[-1]: str(m.get("path", "")) for m in modules}
+    except (ValueError, TypeError, KeyError, AttributeError):
+        raise LlmtuneError(f"{modules_file}: unreadable (not sentence-transformers' list of modules)") from None
+    unknown = sorted(set(paths) - {"Transformer", "Pooling", "Normalize"})
+    if unknown:
+        raise LlmtuneError(f"{modules_file}: module(s) {', '.join(unknown)} are not ones llmtune computes "
+                           "(Transformer, Pooling, Normalize)")
+    transformer, cfg = path / paths.get("Transformer", ""), path / paths.get("Pooling", "1_Pooling") / "config.json"
+    pooling = "mean"
+    if cfg.is_file():
         pc = json.loads(cfg.read_text())
         # sentence-transformers 6 writes one `pooling_mode` ("cls", "max", "mean"...); earlier versions a bool each
         mode = pc.get("pooling_mode")
@@ -491,10 +507,22 @@ def load_trained(path: Path, recipe: Recipe | None, info: Info | None) -> tuple[
         else:
             pooling = "cls" if pc.get("pooling_mode_cls_token") else "max" if pc.get("pooling_mode_max_tokens") \
                 else "mean"
-        normalize = "Normalize" in (path / "modules.json").read_text() if (path / "modules.json").is_file() else False
-    max_len = recipe.train.max_seq_length if recipe is not None else 512
-    return encoder(AutoModel.from_pretrained(str(path)), pooling, normalize, max_len), \
-        AutoTokenizer.from_pretrained(str(path))
+    sbert = transformer / "sentence_bert_config.json"
+    max_len = json.loads(sbert.read_text()).get("max_seq_length") if sbert.is_file() else None
+    return transformer, Info(pooling=pooling, normalize="Normalize" in paths), max_len
+
+
+def load_trained(path: Path, recipe: Recipe | None, info: Info | None) -> tuple[Any, Any]:
+    from transformers import AutoModel, AutoTokenizer
+
+    transformer, found, st_max_len = st_folder(path)
+    info = info or found
+    tokenizer = AutoTokenizer.from_pretrained(str(transformer))
+    if recipe is not None:
+        max_len = recipe.train.max_seq_length
+    else:  # sentence-transformers' own limit: its config's, else the tokenizer's (ST 6 keeps it there)
+        max_len = int(st_max_len or min(int(getattr(tokenizer, "model_max_length", 512) or 512), 512))
+    return encoder(AutoModel.from_pretrained(str(transformer)), info.pooling, info.normalize, max_len), tokenizer
 
 
 def encode_texts(model: Any, tokenizer: Any, texts: list[str], max_length: int, batch_size: int = 32) -> Any:
@@ -521,7 +549,7 @@ def predict(run: LoadedRun, rows: list[dict[str, Any]], batch_size: int, field: 
     from llmtune.inputs import column
 
     texts = column(rows, field, ("text", "sentence", "sentence1", "anchor"))
-    max_len = run.recipe.train.max_seq_length if run.recipe is not None else 512
+    max_len = run.recipe.train.max_seq_length if run.recipe is not None else int(run.model.max_seq_length)
     embs = encode_texts(run.model, run.tokenizer, texts, max_len, batch_size)
     out = [{"text": t, "embedding": [round(float(x), 7) for x in e]} for t, e in zip(texts, embs, strict=True)]
     if pair_field:
