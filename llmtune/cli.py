@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from llmtune.benchmark import WORKLOADS as BENCH_WORKLOADS  # a tuple of names: imports nothing heavy
 from llmtune.errors import LlmtuneError
 
 app = typer.Typer(
@@ -610,22 +611,25 @@ def generate(
 @app.command()
 @handle_errors
 def benchmark(
-    workloads: Annotated[list[str] | None, typer.Option("--workloads", "-w", help="classification, summarization, "
-                                                        "causal_lm, generation, metrics; repeat or comma-separate "
-                                                        "(default: all)")] = None,
-    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Local copies of SST-2, SciTLDR, GSM8K, Multi30k "
-                                                  "(else the hub, else llmtune's bundled data).")] = None,
+    workloads: Annotated[list[str] | None, typer.Option("--workloads", "-w", help=f"{', '.join(BENCH_WORKLOADS)}; "
+                                                        "repeat or comma-separate (default: all)")] = None,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Local copies of the datasets (../shared/data's "
+                                                  "layout: sst2, scitldr, gsm8k, multi30k, wnut17, squad, stsb, "
+                                                  "pd_books, hh_rlhf; else the hub, else llmtune's bundled data).")] = None,
     scale: Annotated[str, typer.Option("--scale", help="tiny (a smoke test), small (under 30 min on 2 CPU cores) "
                                        "or full.")] = "small",
     repeats: Annotated[int | None, typer.Option("--repeats", min=1, help="Runs per side (default 3; 1 at tiny scale).")] = None,
     output_dir: Annotated[Path, typer.Option("--output-dir", help="Results go to OUTPUT_DIR/<date>-<host>/.")] = Path(
         "benchmarks/results"),
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="Threads for both sides (default: all CPUs).")] = None,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", help="Optimizer steps of each training "
+                                                  "workload instead of the scale's (both sides; rows = steps x "
+                                                  "batch), e.g. --scale full --max-steps 250 for a mid-size run.")] = None,
 ) -> None:
     """Run each workload with llmtune and with the Hugging Face reference scripts; write a report."""
     from llmtune.benchmark.runner import run_benchmark
 
     out = run_benchmark(workloads=workloads, data_dir=data_dir, scale=scale, repeats=repeats, output_root=output_dir,
-                        threads=threads, console=console)
+                        threads=threads, console=console, max_steps=max_steps)
     console.print((out / "results.md").read_text(encoding="utf-8"), markup=False, highlight=False)
     console.print(f"results: [bold]{out}[/] (results.json, results.md, throughput_ratio.png, loss_curves.png)")

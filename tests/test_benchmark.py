@@ -61,11 +61,14 @@ def test_benchmark_tiny_writes_results_table_and_charts(tmp_path: Path, cli, mon
 
 def test_benchmark_tiny_ner_and_qa(tmp_path: Path, cli, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    # --max-steps replaces the scale's steps (tiny: 4) on both sides
     res = cli("benchmark", "--scale", "tiny", "--workloads", "ner,qa", "--output-dir", tmp_path,
-              "--data-dir", tmp_path / "no-such-folder")
+              "--data-dir", tmp_path / "no-such-folder", "--max-steps", "3")
     assert res.exit_code == 0, res.output
     (out,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     results = json.loads((out / "results.json").read_text())
+    assert results["meta"]["max_steps"] == 3
+    assert results["workloads"]["ner"]["hp"]["max_steps"] == results["workloads"]["qa"]["hp"]["max_steps"] == 3
     from llmtune.hardware import native_bf16
 
     fp32 = ["llmtune_fp32"] if native_bf16() else []

@@ -274,9 +274,11 @@ def markdown(results: dict[str, Any]) -> str:
     failed = [(n, side, s["sides"][side]["failed"]) for n, s in summary.items() if s.get("status") == "ok"
               for side in s["sides"] if s["sides"][side]["failed"]]
     device = meta.get("gpu") or f"{meta['cpu']}, {meta['threads']} threads on {meta['cpus']} CPUs"
+    steps = f", {meta['max_steps']} steps (--max-steps)" if meta.get("max_steps") else ""
     notes = [
         "",
-        f"Medians of {meta['repeats']} repeats per side ({meta['scale']} scale), {device}, torch {meta.get('torch', '?')}, "
+        f"Medians of {meta['repeats']} repeats per side ({meta['scale']} scale{steps}), {device}, "
+        f"torch {meta.get('torch', '?')}, "
         f"transformers {meta.get('transformers', '?')}; {meta['date']}. × is the median over repeats of llmtune / reference "
         "within a repeat, where the two ran back to back (above 1 is faster "
         "for samples/s and tokens/s, below 1 is less for wall time, CPU time and memory). CPU s: CPU seconds of the whole run, "

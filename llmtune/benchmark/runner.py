@@ -217,7 +217,7 @@ def resolve_workloads(names: list[str] | None) -> list[str]:
 
 def run_benchmark(workloads: list[str] | None = None, data_dir: Path | None = None, scale: str = "small",
                   repeats: int | None = None, output_root: Path = Path("benchmarks/results"), threads: int | None = None,
-                  console: Any = None, timeout: float | None = None) -> Path:
+                  console: Any = None, timeout: float | None = None, max_steps: int | None = None) -> Path:
     """Run the benchmark and write results.json, results.md and the charts; return the results folder."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -235,6 +235,8 @@ def run_benchmark(workloads: list[str] | None = None, data_dir: Path | None = No
     timeout = timeout or {"tiny": 900.0, "small": 3600.0, "full": 48 * 3600.0}[scale]
     if repeats < 1:
         raise LlmtuneError(f"--repeats must be at least 1, got {repeats}")
+    if max_steps is not None and max_steps < 1:
+        raise LlmtuneError(f"--max-steps must be at least 1, got {max_steps}")
     threads = threads or cpu_count()
     if data_dir is not None and not data_dir.is_dir():
         console.print(f"[yellow]warning:[/] --data-dir {data_dir} is not a folder; using the hub, else the data "
@@ -246,6 +248,7 @@ def run_benchmark(workloads: list[str] | None = None, data_dir: Path | None = No
     started = time.time()
     results: dict[str, Any] = {
         "meta": {**environment(threads), "date": time.strftime("%Y-%m-%d %H:%M:%S"), "scale": scale, "repeats": repeats,
+                 "max_steps": max_steps,
                  "workloads": names, "data_dir": str(data_dir) if data_dir else None,
                  "command": " ".join(["llmtune", *sys.argv[1:]]) if sys.argv else ""},
         "workloads": {},
@@ -282,7 +285,7 @@ def run_benchmark(workloads: list[str] | None = None, data_dir: Path | None = No
                     continue
                 task = progress.add_task(f"preparing {name}", total=None)
                 try:
-                    specs[name] = prepare(name, scale, data_dir, work_root / name, threads)
+                    specs[name] = prepare(name, scale, data_dir, work_root / name, threads, max_steps)
                 except Exception as e:  # a workload that cannot be prepared is reported, the others still run
                     entry["status"] = f"not available: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
                     console.log(f"{name}: {entry['status']}")

@@ -471,9 +471,14 @@ def _steps_and_rows(s: dict[str, Any], n_train: int) -> tuple[int, int]:
 PREPARE: dict[str, Any] = {}
 
 
-def prepare(workload: str, scale: str, data_dir: Path | None, work: Path, threads: int) -> dict[str, Any]:
-    """Write the workload's data files and model folder under `work`; return the spec both sides run from."""
-    s = SETTINGS[workload][scale]
+def prepare(workload: str, scale: str, data_dir: Path | None, work: Path, threads: int,
+            max_steps: int | None = None) -> dict[str, Any]:
+    """Write the workload's data files and model folder under `work`; return the spec both sides run from.
+    `max_steps` (`llmtune benchmark --max-steps`) replaces the scale's optimizer steps of a training workload (the
+    rows follow: steps x batch), on both sides alike."""
+    s = dict(SETTINGS[workload][scale])
+    if max_steps is not None and "max_steps" in s:
+        s["max_steps"] = max_steps
     work.mkdir(parents=True, exist_ok=True)
     spec: dict[str, Any] = {"workload": workload, "scale": scale, "threads": threads}
     if workload == "classification":
