@@ -45,7 +45,7 @@ def check(results: dict[str, Any], name: str, ok: bool, detail: str) -> None:
     print(f"[{'ok' if ok else 'FAIL'}] {name}: {detail}", flush=True)
 
 
-def embedding(data: Path, out: Path, steps: int | None, results: dict[str, Any]) -> None:
+def embedding(data: Path, out: Path, steps: int | None, extra: list[str], results: dict[str, Any]) -> None:
     import numpy as np
     from scipy.stats import spearmanr
 
@@ -55,6 +55,7 @@ def embedding(data: Path, out: Path, steps: int | None, results: dict[str, Any])
                  "train.overwrite_output_dir=true", "train.resume_from_checkpoint=false"]
     if steps:
         overrides.append(f"train.max_steps={steps}")
+    overrides += extra
     t0 = time.time()
     llmtune("finetune", "recipes/embedding.yaml", *overrides)
     ev = json.loads((run / "eval_results.json").read_text())
@@ -117,13 +118,15 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "check_encoders")
     p.add_argument("--only", choices=("embedding", "masked_lm"))
     p.add_argument("--embedding-steps", type=int, help="train.max_steps (default: the recipe's)")
+    p.add_argument("--embedding-set", dest="embedding_extra", action="append", default=[],
+                   help="another override of recipes/embedding.yaml, k=v (repeatable)")
     p.add_argument("--mlm-steps", type=int, help="train.max_steps (default: the recipe's)")
     p.add_argument("--mlm-eval-lines", type=int, help="data.max_eval_samples: held-out paragraphs (default: all)")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"data_dir": str(args.data_dir), "checks": []}
     if args.only in (None, "embedding"):
-        embedding(args.data_dir, args.out, args.embedding_steps, results)
+        embedding(args.data_dir, args.out, args.embedding_steps, args.embedding_extra, results)
     if args.only in (None, "masked_lm"):
         masked_lm(args.data_dir, args.out, args.mlm_steps, args.mlm_eval_lines, results)
     (args.out / "check_encoders.json").write_text(json.dumps(results, indent=2) + "\n")
