@@ -156,9 +156,13 @@ def main() -> int:
         ours = {k: done[f"eval_{k}"] for k in NAMES}
     else:
         ev = a.out / "eval-llmtune"
-        llmtune("eval", "--model", str(a.out), "--output-dir", str(ev), "--bootstrap", "0")
+        llmtune("eval", "--model", str(a.out), "--output-dir", str(ev), "--bootstrap", "1000")
         (scored,) = json.loads((ev / "results.json").read_text())["results"].values()
         ours = {k: scored[k]["value"] for k in NAMES}
+        acc = scored["rewards/accuracies"]
+        if "ci_low" in acc:  # the untrained policy scores 0.5 (its rewards are 0): does training beat it?
+            print(f"rewards/accuracies {acc['value']:.4f}, 95% bootstrap CI [{acc['ci_low']:.4f}, {acc['ci_high']:.4f}]: "
+                  f"{'above' if acc['ci_low'] > 0.5 else 'not clearly above'} the untrained policy's 0.5")
     per_pair = [json.loads(line) for line in (ev / "predictions.jsonl").read_text().splitlines()]
     ties = sum(r["reward_chosen"] == r["reward_rejected"] for r in per_pair)
     strict = sum(r["reward_chosen"] > r["reward_rejected"] for r in per_pair) / max(len(per_pair), 1)
