@@ -420,9 +420,7 @@ def run_task(path: Path) -> tuple[str, dict[str, Any]]:
         raise LlmtuneError(f"{path}: a PEFT adapter of type {adapter.get('task_type')!r}, which no llmtune task trains")
     if not (path / "config.json").is_file():
         raise LlmtuneError(f"{path}: not a run or model folder (no {INFO_FILE} or config.json)")
-    if (path / "modules.json").is_file():  # a sentence-transformers folder: an encoder with its pooling
-        return "embedding", {}
-    task = tasks.recognize(_read_json_file(path / "config.json", "model config"))
+    task = tasks.recognize_folder(path) or tasks.recognize(_read_json_file(path / "config.json", "model config"))
     if task is None:
         raise LlmtuneError(f"{path}: config.json describes no model an llmtune task uses")
     return task, {}

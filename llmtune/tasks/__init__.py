@@ -181,6 +181,8 @@ class TaskModule(Protocol):
     #   with `CLASSES_FROM_CONFIG = True` (a head with fixed classes) `llmtune eval --model BASE --recipe R` takes
     #   the info from the model's config too, otherwise from the recipe and data (setup: an embedding's pooling).
     # - `RECOGNIZES_THE_REST = True`: recognizes() claims any folder the other tasks do not (asked last).
+    # - `recognizes_folder(path) -> bool`: claims a plain model folder by its files, before any config.json is read
+    #   (a sentence-transformers folder's modules.json: its config is a bare encoder's).
     # - `GENERATES = True`: the task's runs generate text (`llmtune generate`, eval.generate), so the recipe's
     #   generation section and eval.generate apply; elsewhere setting them is refused as a key that does nothing.
     # - Prompting (`llmtune eval --shots`), all three or none; a task without them is not prompted (evaluation.py
@@ -242,6 +244,11 @@ def check_best_metric(recipe: Recipe, info: Any) -> None:
     hint = f" (did you mean '{close[0]}'?)" if close else ""
     raise LlmtuneError(f"train.metric_for_best_model: {recipe.task}'s eval reports no '{wanted}'{hint}; it reports "
                        f"{', '.join(names)}")
+
+
+def recognize_folder(path: Path) -> str | None:
+    """The task that claims a plain model folder by its files (the optional `recognizes_folder` hook), if any."""
+    return next((name for name in TASKS if getattr(get(name), "recognizes_folder", lambda p: False)(path)), None)
 
 
 def recognize(config: dict[str, Any]) -> str | None:

@@ -107,11 +107,16 @@ def recognizes(config: dict[str, Any]) -> bool:
     return False  # a bare encoder's config says nothing of pooling; llmtune_info.json or modules.json does
 
 
+def recognizes_folder(path: Path) -> bool:
+    """A folder sentence-transformers saved (its config.json is a bare encoder's; modules.json says the rest)."""
+    return (path / "modules.json").is_file()
+
+
 def info_from_config(config: dict[str, Any], where: str) -> Info:
     """A folder sentence-transformers saved says its pooling in modules.json; a base encoder named by --model gets
     the recipe's (Info's defaults here)."""
     folder = Path(where)
-    return st_folder(folder)[1] if (folder / "modules.json").is_file() else Info()
+    return st_folder(folder)[1] if recognizes_folder(folder) else Info()
 
 
 def _format(recipe: Recipe, split: Split) -> str:
