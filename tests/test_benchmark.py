@@ -158,3 +158,16 @@ def test_missing_pipeline_is_reported_not_faked() -> None:
 def test_unknown_workload_is_a_one_line_error(cli) -> None:
     res = cli("benchmark", "--workloads", "clasification", "--scale", "tiny")
     assert res.exit_code == 2 and "did you mean 'classification'" in res.stderr
+
+
+def test_reference_trainer_arguments_accept_bf16_on_a_cpu(tmp_path: Path) -> None:
+    """The like-for-like bf16 reference: on a CPU the Trainer refuses `bf16=True` unless told `use_cpu` (found on an
+    AMX Xeon, where every reference run of the benchmark failed with "doesn't support bf16/gpu")."""
+    import torch
+
+    from llmtune.benchmark.references import training_args
+
+    hp = {"max_steps": 2, "batch_size": 4, "learning_rate": 1e-4, "logging_steps": 1}
+    args = training_args(hp, 42, tmp_path / "ref", tuned=True, bf16=True)
+    assert args.bf16 and args.use_cpu == (not torch.cuda.is_available())
+    assert str(args.device).startswith("cuda" if torch.cuda.is_available() else "cpu")

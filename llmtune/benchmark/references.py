@@ -77,6 +77,7 @@ def bf16(spec: dict[str, Any], variant: str) -> bool:
 def training_args(hp: dict[str, Any], seed: int, out: Path, tuned: bool, seq2seq: bool = False, bf16: bool = False,
                   cls: Any = None, **extra: Any) -> Any:
     """The TrainingArguments every reference shares (`cls`: a subclass, e.g. TRL's SFTConfig)."""
+    import torch
     from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
     cls = cls or (Seq2SeqTrainingArguments if seq2seq else TrainingArguments)
@@ -99,6 +100,8 @@ def training_args(hp: dict[str, Any], seed: int, out: Path, tuned: bool, seq2seq
         disable_tqdm=True,
         dataloader_num_workers=0,
         bf16=bf16,  # autocast, fp32 master weights: what llmtune's mixed_precision bf16 does
+        # without it the Trainer refuses bf16 on a CPU ("doesn't support bf16/gpu"), even on an AMX Xeon
+        use_cpu=not torch.cuda.is_available(),
         **extra,
     )
 
