@@ -171,3 +171,28 @@ def test_reference_trainer_arguments_accept_bf16_on_a_cpu(tmp_path: Path) -> Non
     args = training_args(hp, 42, tmp_path / "ref", tuned=True, bf16=True)
     assert args.bf16 and args.use_cpu == (not torch.cuda.is_available())
     assert str(args.device).startswith("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_reference_predictions_come_back_in_dataset_order(tiny_bert: Path, tmp_path: Path) -> None:
+    """transformers length-groups eval batches too under group_by_length, so the tuned references' predict() came
+    back in another order than the rows they are matched to (run_qa's post-processing: SQuAD F1 4.3 instead of 45);
+    sequential_eval puts the eval in dataset order."""
+    from datasets import Dataset
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer
+
+    from llmtune.benchmark.references import sequential_eval, training_args
+
+    tok = AutoTokenizer.from_pretrained(tiny_bert)
+    lengths = [3, 30, 5, 25, 8, 40, 2, 17, 33, 4, 12, 21, 7, 38, 9, 27]
+    ds = Dataset.from_dict({"input_ids": [[tok.cls_token_id] + [1000 + i] * n for i, n in enumerate(lengths)]})
+    hp = {"max_steps": 1, "batch_size": 4, "eval_batch_size": 4, "learning_rate": 1e-4, "logging_steps": 1}
+    trainer = Trainer(model=AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2),
+                      args=training_args(hp, 42, tmp_path / "ref", tuned=True), processing_class=tok,
+                      data_collator=DataCollatorWithPadding(tok))
+
+    def order() -> list[int]:
+        return [int(ids[1]) - 1000 for b in trainer.get_eval_dataloader(ds) for ids in b["input_ids"]]
+
+    assert order() != list(range(len(lengths)))  # the quirk itself: length-grouped eval batches
+    sequential_eval(trainer)
+    assert order() == list(range(len(lengths)))
