@@ -175,6 +175,17 @@ def test_packed_loss_equals_unpacked(tiny_llama: Path, tmp_path: Path) -> None:
     lf, gf = loss_and_grads(full)
     assert abs(lf - lp) < 1e-5
     assert max(float((a - b).abs().max()) for a, b in zip(gp, gf, strict=True)) < 1e-5
+    # padded training batches mark their learnt tokens too (the recipe's collator does for a plain output layer):
+    # the hook's loss and gradients are the model's own forward's on the padded batch
+    assert collate.learnt_only
+    marked = clm.CausalCollator(tok.pad_token_id, packing=False, learnt_only=True)(feats)
+    assert marked["target_index"].shape[0] == n_learnt and "target_index" not in padded
+    lm, gm = hook_loss_and_grads(marked)
+    assert abs(lm - lu) < 1e-5
+    assert max(float((a - b).abs().max()) for a, b in zip(gm, gu, strict=True)) < 1e-5
+    # eval batches (with idx) keep every position: each row's loss is put back in its row
+    assert "target_index" not in clm.CausalCollator(tok.pad_token_id, packing=False, learnt_only=True)(
+        [{**f, "idx": i} for i, f in enumerate(feats)])
     # control: the same row without restarting positions lets examples attend to each other
     flat = {k: v for k, v in one.items() if k in ("input_ids", "labels")}
     assert abs(float(model(**flat).loss) - lu) > 2e-4  # well above the 1e-5 of equal computations
