@@ -108,10 +108,11 @@ def training_args(hp: dict[str, Any], seed: int, out: Path, tuned: bool, seq2seq
 
 def sequential_eval(trainer: Any) -> None:
     """Evaluate and predict in dataset order. With `train_sampling_strategy="group_by_length"` (the tuned
-    variants' --group_by_length) transformers 5.x also length-groups the eval batches, so `predict()` returns rows in
-    another order than the dataset's: harmless where labels come back with them (classification, NER), garbage
-    where rows are matched to the dataset by position afterwards (run_qa.py's window post-processing: SQuAD F1 4.3
-    instead of 45 on held-out articles, 2026-12-02; the summaries scored against the eval file's references)."""
+    variants' --group_by_length) transformers also length-groups the eval batches (huggingface/transformers#33514),
+    so `predict()` returns rows in another order than the dataset's: harmless where labels come back with them
+    (classification, NER), garbage where rows are matched to the dataset by position afterwards (run_qa.py's window
+    post-processing: SQuAD F1 4.3 instead of 45 on held-out articles, 2026-12-02; the summaries scored against the
+    eval file's references)."""
     trainer.args.train_sampling_strategy = "random"  # the eval sampler is then sequential; training is over
 
 
