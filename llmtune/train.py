@@ -541,7 +541,10 @@ def train(run: Run) -> None:
                 # per-row counts a collator may add for padding-free layouts: counted here, not model inputs
                 counts = {k: batch.pop(k) for k in ("n_tokens", "n_examples") if k in batch}
                 with acc.accumulate(model):
-                    loss, extra = _split_loss(loss_of(model, batch))
+                    # the prepared model's forward autocasts by itself, but a loss hook may call its parts directly
+                    # (causal_lm runs the decoder, then the output layer on the learnt tokens): they autocast too
+                    with acc.autocast():
+                        loss, extra = _split_loss(loss_of(model, batch))
                     acc.backward(loss)
                     finite = True
                     if acc.sync_gradients:
