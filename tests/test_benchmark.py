@@ -71,7 +71,8 @@ def test_benchmark_tiny_ner_and_qa(tmp_path: Path, cli, monkeypatch: pytest.Monk
     assert results["workloads"]["ner"]["hp"]["max_steps"] == results["workloads"]["qa"]["hp"]["max_steps"] == 3
     from llmtune.hardware import native_bf16
 
-    fp32 = ["llmtune_fp32"] if native_bf16() else []
+    # with native bf16 both sides autocast, and each has its fp32 twin
+    fp32 = ["llmtune_fp32", "ref_tuned_fp32"] if native_bf16() else []
     ner, qa = results["workloads"]["ner"], results["workloads"]["qa"]
     # no --data-dir and no hub: the NER and QA sets bundled with llmtune
     assert ner["data"]["origin"] == "bundled llmtune:ner" and qa["data"]["origin"] == "bundled llmtune:qa"
