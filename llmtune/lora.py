@@ -106,11 +106,40 @@ def wrap(model: Any, recipe: Recipe, task_type: str, resolved: ResolvedModel | N
         names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if type(m).__name__ == "Linear"})
         raise LlmtuneError(f"lora.target_modules {recipe.lora.target_modules!r}: {str(e).splitlines()[0][:200]} "
                            f"(linear layers of this model: {', '.join(names)}; or use all-linear)") from e
+    fuse_dropout(peft_model)
     resolved = resolved or resolve(recipe.model)
     if resolved.gguf_file:
         # name_or_path of a GGUF model is its folder, which from_pretrained cannot read without the file name
         peft_model.peft_config["default"].base_model_name_or_path = str(Path(resolved.path) / resolved.gguf_file)
     return peft_model
+
+
+def fuse_dropout(model: Any) -> int:
+    """Give every plain LoRA Linear's adapter the dropout inside its down-projection (`DroppedLinear`), so the
+    backward keeps the layer's input (which the q, k and v projections share) and a one-byte mask, instead of PEFT's
+    float noise and the dropped copy that lora_A saves, per adapted layer: 8 bytes per input element and layer
+    become 1 plus the shared input (SmolLM2 + all-linear LoRA: 0.9 of 1.6 GiB of saved activations at 2 x 400
+    tokens were these). The same masks from the same random stream, so the same numbers as PEFT's own forward;
+    weights, state-dict keys and saved adapters are unchanged. Returns how many adapters were fused."""
+    import torch
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    from llmtune.lora_dropout import DroppedLinear
+
+    fused = 0
+    for module in model.modules():
+        if type(module) is not LoraLinear:
+            continue
+        for name, drop in list(module.lora_dropout.items()):
+            lora_a = module.lora_A[name] if name in module.lora_A else None
+            if (not isinstance(drop, torch.nn.Dropout) or not 0 < drop.p < 1 or name in module.lora_variant
+                    or type(lora_a) is not torch.nn.Linear or lora_a.bias is not None):
+                continue
+            lora_a.__class__ = DroppedLinear
+            lora_a.dropout_p = float(drop.p)
+            module.lora_dropout[name] = torch.nn.Identity()
+            fused += 1
+    return fused
 
 
 def check_targets(recipe: Recipe, model_class: str, task_type: str, resolved: ResolvedModel) -> None:

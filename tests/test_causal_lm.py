@@ -67,6 +67,81 @@ def test_lora_trains_only_the_adapters(tiny_llama: Path, tmp_path: Path) -> None
     assert type(full).__name__ == "LlamaForCausalLM" and all(p.requires_grad for p in full.parameters())
 
 
+def _saved_bytes(model: Any, ids: Any) -> int:
+    """Bytes autograd keeps for the backward of one training forward of the decoder layers (each storage once;
+    weights excluded; without the output layer, whose 49k-vocabulary logits would dwarf a tiny model's layers)."""
+    import torch
+
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t: Any) -> Any:
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in weights:
+            seen[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model.get_base_model().model(input_ids=ids)
+    return sum(seen.values())
+
+
+def test_lora_dropout_inside_the_adapter_equals_peft_and_keeps_less(tiny_llama: Path) -> None:
+    """lora.wrap moves each adapter's dropout into its lora_A (DroppedLinear): the same loss and gradients as PEFT's
+    own Dropout -> lora_A from the same seed, in fp32 and under bf16 autocast, the same adapter keys, and less kept
+    for the backward (no float noise and dropped copy per adapted layer)."""
+    import copy
+
+    import torch
+    from peft import get_peft_model
+
+    from llmtune import lora
+    from llmtune.lora_dropout import DroppedLinear
+    from llmtune.models import load_tokenizer
+    from llmtune.recipe import build_recipe
+
+    recipe = build_recipe(recipe_dict(tiny_llama, Path("unused"), lora__dropout=0.3))
+    base = lora.load_base(recipe.model)
+    models = []
+    for fuse in (False, True):
+        torch.manual_seed(1)
+        m = get_peft_model(copy.deepcopy(base), lora.peft_config(recipe.lora, clm.PEFT_TASK_TYPE))
+        for name, p in m.named_parameters():
+            if ".lora_B." in name:  # PEFT starts B at zero, where the adapter (and its dropout) changes nothing
+                p.data.normal_(0, 0.5)
+        if fuse:
+            assert lora.fuse_dropout(m) == 14  # 2 layers x 7 linear layers (all-linear)
+        models.append(m.train())
+    peft_model, fused = models
+    assert {type(m) for m in fused.modules()} >= {DroppedLinear}
+    assert not any(isinstance(m, torch.nn.Dropout) for m in fused.modules())
+    assert fused.state_dict().keys() == peft_model.state_dict().keys()
+    wrapped = clm.load_model(recipe, load_tokenizer(recipe.model), {})  # the task's own model is fused too
+    assert sum(isinstance(m, DroppedLinear) for m in wrapped.modules()) == 14
+
+    ids = torch.randint(0, 500, (3, 19))
+    for bf16 in (False, True):
+        results = []
+        for m in models:
+            torch.manual_seed(7)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = m(input_ids=ids, labels=ids).loss
+            loss.backward()
+            results.append((loss.detach(), {n: p.grad.clone() for n, p in m.named_parameters() if p.requires_grad}))
+            m.zero_grad()
+        (loss0, grads0), (loss1, grads1) = results
+        assert torch.equal(loss0, loss1), bf16
+        tol = {"rtol": 2e-2, "atol": 1e-3} if bf16 else {"rtol": 1e-5, "atol": 1e-7}
+        for n in grads0:
+            assert grads0[n].abs().sum() > 0, n
+            torch.testing.assert_close(grads1[n], grads0[n], **tol, msg=n)
+    # eval: no dropout on either side
+    with torch.no_grad():
+        assert torch.equal(peft_model.eval()(input_ids=ids).logits, fused.eval()(input_ids=ids).logits)
+    kept = [_saved_bytes(m.train(), ids) for m in models]
+    assert kept[1] < 0.75 * kept[0], kept
+
+
 def test_labels_mask_the_prompt_literal(tiny_llama: Path) -> None:
     import torch
     from transformers import AutoTokenizer
