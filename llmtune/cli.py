@@ -268,6 +268,7 @@ def env() -> None:
         table.add_row(k, v)
     table.add_row("device", hardware.device_description())
     table.add_row("native bf16", hardware.native_bf16() or "no (mixed_precision auto trains in fp32)")
+    table.add_row("CPU allocator", hardware.tune_cpu_allocator()["allocator"])
     table.add_row("git", str(git_hash()))
     from llmtune.lockfile import compare_installed
 
@@ -529,6 +530,9 @@ def run() -> None:
     except ImportError:
         from click import exceptions as click_errors
 
+    from llmtune.hardware import tune_cpu_allocator
+
+    tune_cpu_allocator()  # before anything imports torch
     argv = sys.argv[1:]
     if "--debug" in argv[1:]:
         argv = ["--debug", *[a for a in argv if a != "--debug"]]

@@ -59,3 +59,34 @@ def test_full_precision_removes_the_autocast_wrapper_and_puts_it_back() -> None:
         assert "forward" not in plain.__dict__
     hardware.release_freed_memory()
     assert hardware.device_description()
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="glibc and THP are Linux's")
+def test_cpu_allocator_is_tuned_before_torch_and_can_be_turned_off() -> None:
+    """The llmtune command fixes glibc's mmap threshold and turns on torch's huge-page blocks before torch is
+    imported (THP_MEM_ALLOC_ENABLE is read once, at torch's first allocation); a user's own setting is kept, and
+    LLMTUNE_CPU_ALLOCATOR=default leaves both alone."""
+    import os
+    import subprocess
+    import sys
+
+    probe = ("import ctypes, os, sys; from llmtune import cli, hardware; sys.argv = ['llmtune', 'env'];\n"
+             "try:\n    cli.run()\nexcept SystemExit:\n    pass\n"
+             "import torch; print('THP', os.environ.get('THP_MEM_ALLOC_ENABLE')); "
+             "print('ALLOC', hardware.tune_cpu_allocator()['allocator'])")
+
+    def run(**env: str) -> str:
+        clean = {k: v for k, v in os.environ.items()
+                 if k not in ("THP_MEM_ALLOC_ENABLE", "MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES", hardware.OFF_SWITCH)}
+        out = subprocess.run([sys.executable, "-c", probe], env={**clean, "COLUMNS": "200", **env},
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out.stdout
+
+    tuned = run()
+    assert "THP 1" in tuned and "ALLOC torch blocks of 2 MB+ on huge pages; glibc mmap threshold 4 MiB" in tuned
+    assert "CPU allocator" in tuned and "glibc mmap threshold 4 MiB" in tuned.split("ALLOC")[0]  # llmtune env says so
+    own = run(MALLOC_MMAP_THRESHOLD_="65536", THP_MEM_ALLOC_ENABLE="0")
+    assert "THP 0" in own and "ALLOC THP_MEM_ALLOC_ENABLE=0 (yours); glibc malloc as you set it" in own
+    off = run(LLMTUNE_CPU_ALLOCATOR="default")
+    assert "THP None" in off and "ALLOC glibc and torch defaults (LLMTUNE_CPU_ALLOCATOR=default)" in off

@@ -53,6 +53,10 @@ def run(spec: dict[str, Any], side: str, seed: int, work: Path) -> dict[str, Any
     workload = spec["workload"]
     threads = int(spec["threads"])
     torch = None
+    if side.startswith("llmtune"):
+        from llmtune.hardware import tune_cpu_allocator
+
+        tune_cpu_allocator()  # as the llmtune command does at start, before torch is imported
     if workload != "metrics":  # metric scoring needs no torch; importing it would only add to the footprint
         import torch
 
