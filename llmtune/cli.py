@@ -268,7 +268,7 @@ def env() -> None:
         table.add_row(k, v)
     table.add_row("device", hardware.device_description())
     table.add_row("native bf16", hardware.native_bf16() or "no (mixed_precision auto trains in fp32)")
-    table.add_row("CPU allocator", hardware.tune_cpu_allocator()["allocator"])
+    table.add_row("CPU allocator", hardware.cpu_allocator())
     table.add_row("git", str(git_hash()))
     from llmtune.lockfile import compare_installed
 

@@ -106,6 +106,12 @@ def tune_cpu_allocator() -> dict[str, str]:
     return _allocator
 
 
+def cpu_allocator() -> str:
+    """What tune_cpu_allocator put in effect in this process (the llmtune command calls it first thing)."""
+    return _allocator.get("allocator", "glibc and torch defaults (llmtune tunes them when run as the llmtune "
+                                       "command; here it runs as a library)")
+
+
 def release_freed_memory() -> None:
     """Hand the heap pages training freed back to the OS before eval adds its own peak on top. Training with
     varying batch shapes (bf16 autocast especially) leaves glibc's heap at 1.3-1.5 GB with under 0.3 GB live;
