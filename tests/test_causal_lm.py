@@ -208,18 +208,23 @@ def test_packed_loss_equals_unpacked(tiny_llama: Path, tmp_path: Path) -> None:
         ids, labels = clm.encode_instruction(tok, "chat", ins, inp, out, 256, False)
         feats.append({"input_ids": ids, "labels": labels})
     collate = clm.collator(recipe, tok, model)
+    assert collate.hidden_size == model.config.hidden_size == 32
+    # at hidden size 32 attention outweighs the linear layers, and the cheapest rows are the padded batch's; with
+    # attention counted at nothing (as on wide models, nearly) examples share rows, which is what is tested here
+    collate.hidden_size = 10**9
     packed = collate(feats)
     padded = clm.CausalCollator(tok.pad_token_id, packing=False)(feats)
     total = sum(len(f["input_ids"]) for f in feats)
-    # rows of at most max_seq_length tokens (96 here: the 4 examples take 3 rows), every token once
+    # rows of at most max_seq_length tokens (96 here), fewer positions than padding, one row of two examples
     assert packed["input_ids"].shape[0] > 1 and packed["input_ids"].shape[1] <= recipe.train.max_seq_length
+    assert packed["input_ids"].numel() < padded["input_ids"].numel() and int(packed["n_examples"].max()) >= 2
     assert int(packed.pop("n_tokens").sum()) == total and int(packed.pop("n_examples").sum()) == len(feats)
     # logits only where an answer token is predicted in some row: one learnt label per kept position and row
     n_learnt = sum(sum(1 for x in f["labels"] if x != -100) for f in feats)
     assert packed["logits_to_keep"].shape[0] < packed["input_ids"].shape[1]
     assert int((packed["shift_labels"] != -100).sum()) == n_learnt
-    # without a row budget the whole batch is one row
-    one = clm.CausalCollator(tok.pad_token_id, packing=True, keep_logits=True)(feats)
+    # without a row budget and with attention counted at nothing, the cheapest packing is one row of the batch
+    one = clm.CausalCollator(tok.pad_token_id, packing=True, keep_logits=True, hidden_size=10**9)(feats)
     assert one["input_ids"].shape == (1, total) and one["logits_to_keep"].shape == (n_learnt,)
 
     def loss_and_grads(batch: dict[str, Any]) -> tuple[float, list[Any]]:
@@ -264,6 +269,28 @@ def test_packed_loss_equals_unpacked(tiny_llama: Path, tmp_path: Path) -> None:
     # control: the same row without restarting positions lets examples attend to each other
     flat = {k: v for k, v in one.items() if k in ("input_ids", "labels")}
     assert abs(float(model(**flat).loss) - lu) > 2e-4  # well above the 1e-5 of equal computations
+
+
+def test_packing_never_costs_more_than_padding() -> None:
+    """Row widths are chosen per batch: never more positions, nor wider rows, than padding the same batch."""
+    import random
+
+    rng = random.Random(0)
+    collate = clm.CausalCollator(0, packing=True, max_length=512, hidden_size=576)
+    # the batch that packing in order made 1.9x slower: 7 rows of 511 where padding gives 8 rows of 279
+    lengths = [279, 275, 268, 262, 250, 244, 236, 232]
+    for case in [lengths] + [[rng.randint(20, 500) for _ in range(rng.randint(1, 16))] for _ in range(200)]:
+        feats = [{"input_ids": [1] * n, "labels": [-100] + [1] * (n - 1)} for n in case]
+        b = collate(feats)
+        rows, width = b["input_ids"].shape
+        assert width <= max(case) or rows * width < len(case) * max(case), case
+        assert rows * width <= len(case) * max(case) and int(b["n_tokens"].sum()) == sum(case), case
+        assert int(b["n_examples"].sum()) == len(case) and int((b["position_ids"] == 0).sum()) == len(case)
+        assert all(int(n) <= width for n in b["n_tokens"])
+    # the in-order row of 279 + 232 tokens is gone: no row is wider than the longest example here
+    assert tuple(collate([{"input_ids": [1] * n, "labels": [1] * n} for n in lengths])["input_ids"].shape) == (8, 279)
+    # short examples do share rows: 2 x 200 positions where padding takes 4 x 200 (one row of 380 costs more)
+    assert collate([{"input_ids": [1] * n, "labels": [1] * n} for n in (200, 60, 70, 50)])["input_ids"].shape == (2, 200)
 
 
 def test_packed_attention_grows_linearly_with_examples() -> None:
