@@ -142,6 +142,49 @@ def test_lora_dropout_inside_the_adapter_equals_peft_and_keeps_less(tiny_llama: 
     assert kept[1] < 0.75 * kept[0], kept
 
 
+def test_gated_mlp_keeps_less_and_gives_the_models_numbers(tiny_llama: Path) -> None:
+    """swiglu.fuse (the task's loader calls it): bit for bit the loss and gradients of the model's own MLP forward,
+    in fp32 and under bf16 autocast, with LoRA adapters in the MLP, and less kept for the backward."""
+    import copy
+
+    import torch
+    from peft import get_peft_model
+
+    from llmtune import lora, swiglu
+    from llmtune.models import load_tokenizer
+    from llmtune.recipe import build_recipe
+
+    recipe = build_recipe(recipe_dict(tiny_llama, Path("unused"), lora__dropout=0.3))
+    torch.manual_seed(1)
+    plain = get_peft_model(lora.load_base(recipe.model), lora.peft_config(recipe.lora, clm.PEFT_TASK_TYPE))
+    for name, p in plain.named_parameters():
+        if ".lora_B." in name:  # non-zero adapters, so the MLP's LoRA path is part of what is compared
+            p.data.normal_(0, 0.5)
+    fused = copy.deepcopy(plain)
+    assert swiglu.fuse(fused) == 2 and swiglu.fuse(plain.get_base_model().lm_head) == 0
+    wrapped = clm.load_model(recipe, load_tokenizer(recipe.model), {})
+    mlps = [m for m in wrapped.modules() if type(m).__name__ == "LlamaMLP"]
+    assert len(mlps) == 2 and all(m.forward.__func__ is swiglu._forward for m in mlps)
+    ids = torch.randint(0, 500, (3, 19))
+    for bf16 in (False, True):
+        results = []
+        for m in (plain.train(), fused.train()):
+            torch.manual_seed(7)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = m(input_ids=ids, labels=ids).loss
+            loss.backward()
+            results.append((loss.detach(), {n: p.grad.clone() for n, p in m.named_parameters() if p.requires_grad}))
+            m.zero_grad()
+        (loss0, grads0), (loss1, grads1) = results
+        assert torch.equal(loss0, loss1), bf16
+        assert all(torch.equal(grads0[n], grads1[n]) for n in grads0), bf16
+        assert any(".mlp.gate_proj." in n and grads0[n].abs().sum() > 0 for n in grads0)
+    kept = [_saved_bytes(m.train(), ids) for m in (plain, fused)]
+    # one (tokens x intermediate) fp32 tensor less per layer: silu(g)
+    cfg = plain.config
+    assert kept[0] - kept[1] == cfg.num_hidden_layers * ids.numel() * cfg.intermediate_size * 4, kept
+
+
 def test_labels_mask_the_prompt_literal(tiny_llama: Path) -> None:
     import torch
     from transformers import AutoTokenizer

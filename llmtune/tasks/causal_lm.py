@@ -406,11 +406,12 @@ def tokenize(recipe: Recipe, tokenizer: Any, split: Split, info: Info) -> Any:
 
 
 def load_model(recipe: Recipe, tokenizer: Any, info: Info) -> Any:
-    from llmtune import lora
+    from llmtune import lora, swiglu
     from llmtune.models import resolve
 
     resolved = resolve(recipe.model)
     model = lora.load_base(recipe.model, recipe.lora if recipe.lora_enabled else None, resolved)
+    swiglu.fuse(model)  # the gated MLP's backward keeps g and u, not silu(g) as well: same numbers, less memory
     # No KV cache while training: it costs memory, and transformers only derives the per-example attention
     # blocks of a packed row from position_ids when no cache is passed. generate() turns it on for itself.
     model.config.use_cache = False
