@@ -86,6 +86,21 @@ def _saved_bytes(model: Any, ids: Any) -> int:
     return sum(seen.values())
 
 
+def _loss_and_grads(models: Any, ids: Any, bf16: bool) -> list[tuple[Any, dict[str, Any]]]:
+    """Each model's training loss on ids (labels = ids) and its trainable gradients, from the same seed."""
+    import torch
+
+    results = []
+    for m in models:
+        torch.manual_seed(7)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = m(input_ids=ids, labels=ids).loss
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in m.named_parameters() if p.requires_grad}))
+        m.zero_grad()
+    return results
+
+
 def test_lora_dropout_inside_the_adapter_equals_peft_and_keeps_less(tiny_llama: Path) -> None:
     """lora.wrap moves each adapter's dropout into its lora_A (DroppedLinear): the same loss and gradients as PEFT's
     own Dropout -> lora_A from the same seed, in fp32 and under bf16 autocast, the same adapter keys, and less kept
@@ -121,15 +136,7 @@ def test_lora_dropout_inside_the_adapter_equals_peft_and_keeps_less(tiny_llama: 
 
     ids = torch.randint(0, 500, (3, 19))
     for bf16 in (False, True):
-        results = []
-        for m in models:
-            torch.manual_seed(7)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                loss = m(input_ids=ids, labels=ids).loss
-            loss.backward()
-            results.append((loss.detach(), {n: p.grad.clone() for n, p in m.named_parameters() if p.requires_grad}))
-            m.zero_grad()
-        (loss0, grads0), (loss1, grads1) = results
+        (loss0, grads0), (loss1, grads1) = _loss_and_grads(models, ids, bf16)
         assert torch.equal(loss0, loss1), bf16
         tol = {"rtol": 2e-2, "atol": 1e-3} if bf16 else {"rtol": 1e-5, "atol": 1e-7}
         for n in grads0:
@@ -167,15 +174,7 @@ def test_gated_mlp_keeps_less_and_gives_the_models_numbers(tiny_llama: Path) -> 
     assert len(mlps) == 2 and all(m.forward.__func__ is swiglu._forward for m in mlps)
     ids = torch.randint(0, 500, (3, 19))
     for bf16 in (False, True):
-        results = []
-        for m in (plain.train(), fused.train()):
-            torch.manual_seed(7)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                loss = m(input_ids=ids, labels=ids).loss
-            loss.backward()
-            results.append((loss.detach(), {n: p.grad.clone() for n, p in m.named_parameters() if p.requires_grad}))
-            m.zero_grad()
-        (loss0, grads0), (loss1, grads1) = results
+        (loss0, grads0), (loss1, grads1) = _loss_and_grads((plain.train(), fused.train()), ids, bf16)
         assert torch.equal(loss0, loss1), bf16
         assert all(torch.equal(grads0[n], grads1[n]) for n in grads0), bf16
         assert any(".mlp.gate_proj." in n and grads0[n].abs().sum() > 0 for n in grads0)
