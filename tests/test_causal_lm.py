@@ -302,6 +302,9 @@ def test_packed_loss_equals_unpacked(tiny_llama: Path, tmp_path: Path) -> None:
     assert collate.learnt_only
     marked = clm.CausalCollator(tok.pad_token_id, packing=False, learnt_only=True)(feats)
     assert marked["target_index"].shape[0] == n_learnt and "target_index" not in padded
+    # ...and drop the attention mask (right padding is never attended under causal attention), counting themselves
+    assert "attention_mask" not in marked and "attention_mask" in padded
+    assert int(marked.pop("n_tokens").sum()) == total and int(marked.pop("n_examples").sum()) == len(feats)
     lm, gm = hook_loss_and_grads(marked)
     assert abs(lm - lu) < 1e-5
     assert max(float((a - b).abs().max()) for a, b in zip(gm, gu, strict=True)) < 1e-5

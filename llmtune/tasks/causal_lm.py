@@ -557,6 +557,13 @@ class CausalCollator:
             batch["idx"] = torch.tensor([f["idx"] for f in features])
         elif self.learnt_only:
             self._mark_learnt(batch)
+            # Right padding under causal attention: no real token attends to a pad after it, and the pads' own
+            # outputs are never learnt, so the mask changes no loss or gradient. Without it SDPA runs its causal
+            # kernel instead of a 4-D mask (SmolLM2 + LoRA, bf16, 8 x 337: 12.4 vs 14.0 s a step). The loop
+            # counts the batch from n_tokens/n_examples, as a packed one.
+            mask = batch.pop("attention_mask")
+            batch["n_tokens"] = mask.sum(1)
+            batch["n_examples"] = torch.ones(len(features), dtype=torch.long)
         return batch
 
 
