@@ -1,9 +1,10 @@
 """Model FLOPs utilisation: each run's model FLOPs per second as a share of this machine's measured matmul peak.
 
-The peak is measured, not taken from a data sheet: at the start of `llmtune benchmark`, square matrix products
-in each precision the runs use (fp32; bf16 where the CPU or GPU runs it natively), on the threads the runs get,
-best of a few timed bursts. That is the most the machine's matmul kernels deliver here, the ceiling training can
-approach.
+The peak is measured, not taken from a data sheet: at the start of `llmtune benchmark` and again after each
+measured run (between runs, never during one), square matrix products in each precision the runs use (fp32; bf16
+where the CPU or GPU runs it natively), on the threads the runs get, best of a few timed bursts; the highest
+reading of the whole benchmark is the peak. That is the most the machine's matmul kernels deliver here, the
+ceiling training can approach.
 
 Model FLOPs per trained token follow the model's shape, not the implementation (the same count on both sides,
 so the MFU ratio of two sides is their tokens/s ratio):
@@ -71,7 +72,7 @@ def measure_peak(threads: int, dtype: str = "fp32", device: str = "cpu", seconds
     return best
 
 
-def peaks(threads: int) -> dict[str, Any]:
+def peaks(threads: int, seconds: float = 1.0) -> dict[str, Any]:
     """The measured peaks this benchmark's MFU figures divide by: {"device", "fp32", "bf16" (where native)}."""
     import torch
 
@@ -81,9 +82,24 @@ def peaks(threads: int) -> dict[str, Any]:
     out: dict[str, Any] = {"device": device, "threads": threads, "matrix": 8192 if device == "cuda" else 2048}
     if device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False  # the fp32 peak is fp32's, not TF32's
-    out["fp32"] = measure_peak(threads, "fp32", device)
+    out["fp32"] = measure_peak(threads, "fp32", device, seconds)
     if native_bf16():
-        out["bf16"] = measure_peak(threads, "bf16", device)
+        out["bf16"] = measure_peak(threads, "bf16", device, seconds)
+    return out
+
+
+def combine(readings: list[dict[str, Any]]) -> dict[str, Any]:
+    """The peak MFU divides by, from readings of `peaks` taken over a benchmark run (at its start and after each
+    measured run): the highest of each precision, the ceiling the kernels reached here. A shared VM's matmul
+    throughput moves by a quarter between minutes; one reading at the start would move every MFU with it, the
+    highest one is the least flattering divisor. The readings' range is kept beside it."""
+    out = {k: readings[0][k] for k in ("device", "threads", "matrix")}
+    out["readings"] = len(readings)
+    for precision in ("fp32", "bf16"):
+        values = [r[precision] for r in readings if r.get(precision)]
+        if values:
+            out[precision] = max(values)
+            out[f"{precision}_range"] = [min(values), max(values)]
     return out
 
 

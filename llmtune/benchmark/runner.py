@@ -265,8 +265,9 @@ def run_benchmark(workloads: list[str] | None = None, data_dir: Path | None = No
     _quiet_libraries()
     console.log("measuring this machine's matmul peak (fp32; bf16 where native) on "
                     f"{threads} thread{'s' if threads > 1 else ''}")
-    peak = mfu.peaks(threads)
-    results["meta"]["peak_flops"] = peak
+    burst = 0.3 if scale == "tiny" else 1.0  # seconds of matmuls per reading and precision
+    readings = [mfu.peaks(threads, burst)]
+    results["meta"]["peak_flops"] = peak = mfu.combine(readings)
     save()
     with tempfile.TemporaryDirectory(prefix="llmtune-benchmark-") as tmp:
         work_root = Path(tmp)
@@ -322,9 +323,14 @@ def run_benchmark(workloads: list[str] | None = None, data_dir: Path | None = No
                         run = measure(work_root / name / "spec.json", side, seed, work_root / "runs" / f"{name}-{side}-{r}",
                                       out / "logs" / f"{name}-{side}-{r}.log", threads, timeout)
                         run = normalise(name, run, spec)
-                        run.update(mfu.run_mfu(run, spec, peak))
                         run["repeat"] = r
                         entry["runs"].append(run)
+                        # the peak again, between runs: every MFU so far is divided by the highest reading
+                        readings.append(mfu.peaks(threads, burst))
+                        results["meta"]["peak_flops"] = peak = mfu.combine(readings)
+                        for done, done_spec in specs.items():
+                            for each in results["workloads"][done]["runs"]:
+                                each.update(mfu.run_mfu(each, done_spec, peak))
                         console.log(report.run_line(name, run))
                         progress.advance(overall)
                         save()
