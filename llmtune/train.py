@@ -331,10 +331,29 @@ def load_data_and_model(run: Run) -> None:
         with run.accelerator.main_process_first():
             run.train_ds = with_model(recipe, run.tokenizer, run.model, run.train_ds, "train", run.accelerator)
             run.eval_ds = with_model(recipe, run.tokenizer, run.model, run.eval_ds, "eval", run.accelerator)
+    _frozen_in_bf16(run)
     if recipe.train.gradient_checkpointing:
         run.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if hasattr(run.model, "enable_input_require_grads"):
             run.model.enable_input_require_grads()
+
+
+def _frozen_in_bf16(run: Run) -> None:
+    """Under LoRA with bf16 autocast, the frozen base Linear weights whose values are bf16 values are stored in
+    bf16 (llmtune/frozen_bf16.py: the same numbers, without an fp32 copy beside autocast's bf16 one). Not under
+    DeepSpeed, FSDP or Megatron, which manage the weights' storage themselves, nor with 4-bit weights."""
+    acc = run.accelerator
+    if (acc.mixed_precision != "bf16" or not _is_peft(run.model) or run.recipe.lora.load_in_4bit
+            or str(getattr(acc.distributed_type, "value", acc.distributed_type)) in
+            ("DEEPSPEED", "FSDP", "MEGATRON_LM", "XLA")):
+        return
+    from llmtune.frozen_bf16 import store_frozen_bf16
+
+    converted, kept = store_frozen_bf16(run.model)
+    if converted or kept:
+        run.report(f"frozen base weights: {converted} linear layers stored in bf16 (their values are bf16 values: "
+                   "nothing changes but the memory)"
+                   + (f"; {kept} kept in fp32 (bf16 would round them)" if kept else ""))
 
 
 def build_loaders_and_optimizer(run: Run) -> None:

@@ -432,8 +432,11 @@ def build_t5(dims: dict[str, Any], folder: Path) -> str:
 
 
 def build_causal(kind: str, folder: Path) -> str:
-    """SmolLM2-135M dequantized from its GGUF once and saved as float32 safetensors (or a tiny Llama with its
-    tokenizer), so both sides load the same dense weights from a plain folder."""
+    """SmolLM2-135M dequantized from its GGUF once and saved as bf16 safetensors (or a tiny Llama with its
+    tokenizer), so both sides load the same dense weights from a plain folder. bf16, as most decoders are
+    published on the hub: both sides load it in fp32, as a user of the hub checkpoint
+    does, and llmtune can then keep the frozen weights in bf16 under LoRA at no loss (llmtune/frozen_bf16.py),
+    as it would for that user. The dequantized Q4_1 values are not bf16 values: saving rounds them once."""
     import torch
 
     from llmtune.models import load_tokenizer
@@ -453,7 +456,7 @@ def build_causal(kind: str, folder: Path) -> str:
         from llmtune.lora import load_base
 
         model = load_base(ModelArgs(name=kind))
-    model.save_pretrained(folder, safe_serialization=True)
+    model.to(torch.bfloat16).save_pretrained(folder, safe_serialization=True)
     tok.save_pretrained(folder)
     return str(folder)
 
