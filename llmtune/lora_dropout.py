@@ -70,4 +70,3 @@ class DroppedLinear(torch.nn.Linear):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, dropout={self.dropout_p}"
-
