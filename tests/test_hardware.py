@@ -84,8 +84,8 @@ def test_cpu_allocator_is_tuned_before_torch_and_can_be_turned_off() -> None:
         return out.stdout
 
     tuned = run()
-    assert "THP 1" in tuned and "ALLOC torch blocks of 2 MB+ on huge pages; glibc mmap threshold 4 MiB" in tuned
-    assert "CPU allocator" in tuned and "glibc mmap threshold 4 MiB" in tuned.split("ALLOC")[0]  # llmtune env says so
+    assert "THP 1" in tuned and "ALLOC torch blocks of 2 MB+ on huge pages; glibc mmap threshold 2 MiB" in tuned
+    assert "CPU allocator" in tuned and "glibc mmap threshold 2 MiB" in tuned.split("ALLOC")[0]  # llmtune env says so
     own = run(MALLOC_MMAP_THRESHOLD_="65536", THP_MEM_ALLOC_ENABLE="0")
     assert "THP 0" in own and "ALLOC THP_MEM_ALLOC_ENABLE=0 (yours); glibc malloc as you set it" in own
     off = run(LLMTUNE_CPU_ALLOCATOR="default")
