@@ -67,13 +67,17 @@ def tune_cpu_allocator() -> dict[str, str]:
     glibc's malloc raises its mmap threshold to the largest block freed so far (up to 32 MiB), so after the first
     step nearly every activation comes from its heap; the heap hands memory back only from its top, and batches of
     varying shapes leave it fragmented: a LoRA run on SmolLM2 (batch 8 of 300-500 tokens) peaked at 14.0 GB resident
-    with 6.3 GB live. Here the threshold is fixed at 2 MiB (larger blocks are mapped and returned when freed) and
-    torch places blocks of 2 MB and more on transparent huge pages (THP_MEM_ALLOC_ENABLE, PyTorch's own switch;
-    one page fault per 2 MB instead of per 4 KB, where the mapped blocks would otherwise cost faults). Measured on
-    a 2-core EPYC, one run each: that LoRA run peaked at 6.7 GB instead of 14.0 at 1.04x the speed, MiniLM
-    classification at 0.92x the memory and 1.03x the speed (README, Performance). 2 MiB rather than the 4 MiB
-    first chosen (blocks of 2-4 MB then mapped, on huge pages): on a Zen 4, same spec and seed, -6% to -7% peak
-    memory on the LoRA workloads and -2% on classification, speed within the runs' spread.
+    with 6.3 GB live. Here the threshold is fixed at 2 MiB: larger blocks are mapped and returned when freed.
+    Measured on a 2-core EPYC, one run each: that LoRA run peaked at 6.7 GB instead of 14.0 at 1.04x the speed,
+    MiniLM classification at 0.92x the memory and 1.03x the speed (README, Performance). 2 MiB rather than the
+    4 MiB first chosen: on a Zen 4, same spec and seed, -6% to -7% peak memory on the LoRA workloads and -2% on
+    classification, speed within the runs' spread. On the 2-core Xeon VM of 2026-12-08 (same spec and seed, the
+    llmtune side alone): the long-example LoRA run 165 tokens/s at 5.2 GB, against 160 at 8.3 GB with glibc's
+    default.
+    torch's huge-page blocks (THP_MEM_ALLOC_ENABLE=1) were part of this until 2026-12-08 and are no longer set: on
+    a VM whose balloon driver reports freed 2 MB blocks to the host (virtio_balloon, page_reporting_order 9), every
+    huge page freed is taken back by the host and the next one faults in fresh, about 3 ms each; the same Xeon ran
+    the two LoRA workloads at 0.54x and 0.63x the speed with them (88.6 against 165 and 168 against 268 tokens/s).
     A setting the user made (MALLOC_MMAP_THRESHOLD_, GLIBC_TUNABLES, THP_MEM_ALLOC_ENABLE) is kept;
     LLMTUNE_CPU_ALLOCATOR=default turns all of it off. Returns what is in effect, for `llmtune env`."""
     import os
@@ -88,12 +92,9 @@ def tune_cpu_allocator() -> dict[str, str]:
         _allocator["allocator"] = "the platform's default"
         return _allocator
     notes = []
-    if "torch" in sys.modules and "THP_MEM_ALLOC_ENABLE" not in os.environ:
-        notes.append("torch was imported first: its blocks stay on 4 KB pages")
-    else:
-        os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
-        notes.append("torch blocks of 2 MB+ on huge pages" if os.environ["THP_MEM_ALLOC_ENABLE"] not in ("", "0")
-                     else "THP_MEM_ALLOC_ENABLE=0 (yours)")
+    if os.environ.get("THP_MEM_ALLOC_ENABLE", "") not in ("", "0"):
+        notes.append(f"torch blocks of 2 MB+ on huge pages (THP_MEM_ALLOC_ENABLE={os.environ['THP_MEM_ALLOC_ENABLE']}, "
+                     "yours)")
     if "MALLOC_MMAP_THRESHOLD_" in os.environ or "malloc" in os.environ.get("GLIBC_TUNABLES", ""):
         notes.append("glibc malloc as you set it")
     else:
