@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from llmtune import first_token
 from llmtune.data import Split, as_text, check_text_column, require_column
 from llmtune.errors import LlmtuneError
 from llmtune.schema import DataArgs
@@ -180,6 +181,7 @@ def load_model(recipe: Recipe, tokenizer: Any, info: Info) -> Any:
     )
     if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id  # decoder backbones need it to find the last token
+    first_token.apply(model)  # the head reads token 0: the last layer computes it alone (same logits, less work)
     return model
 
 
@@ -244,7 +246,9 @@ def score(ctx: EvalContext, outputs: dict[str, Any]) -> tuple[dict[str, float], 
 def load_trained(path: Path, recipe: Recipe | None, info: Info | None) -> tuple[Any, Any]:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    return AutoModelForSequenceClassification.from_pretrained(str(path)), AutoTokenizer.from_pretrained(str(path))
+    model = AutoModelForSequenceClassification.from_pretrained(str(path))
+    first_token.apply(model)
+    return model, AutoTokenizer.from_pretrained(str(path))
 
 
 CLASSES_FROM_CONFIG = True  # a model folder's head fixes the classes (config id2label): info_from_config reads them
